@@ -48,3 +48,25 @@ def require_module(name: str, extra: str) -> None:
 @pytest.fixture(scope="session")
 def torch_available() -> None:
     require_module("torch", "train")
+
+
+@pytest.fixture(scope="session")
+def upstream_checkpoint(reference_dir: Path) -> Path:
+    """Upstream's Mar-2024 DNS3 checkpoint (source of its streaming ONNX and demo output)."""
+    return reference_dir / "checkpoint_dns3_2024-03.tar"
+
+
+@pytest.fixture(scope="session")
+def upstream_onnx(upstream_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Our streaming ONNX export of the upstream checkpoint, made once per test session.
+
+    A real trained model for tests that need audible enhancement, without shipping
+    upstream's weights in the repository.
+    """
+    require_module("torch", "train")
+    from voipfilter.nn.checkpoint import load_checkpoint
+    from voipfilter.nn.export import export_onnx
+
+    model, _, _ = load_checkpoint(upstream_checkpoint)
+    path = tmp_path_factory.mktemp("models") / "gtcrn-upstream-dns3-2024-03.onnx"
+    return export_onnx(model, path, model_name="gtcrn-upstream-dns3-2024-03 (test only)")

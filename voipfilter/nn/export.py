@@ -1,0 +1,138 @@
+"""``voipfilter export``: a checkpoint -> a self-describing streaming ONNX model.
+
+The file follows the contract in docs/architecture.md: input ``spec`` (B, F, 1, 2) plus
+one input per state, outputs ``enh`` plus ``<state>_out``, dynamic batch, and metadata
+(sample rate, STFT, window, state names/shapes, model name and card) so the run time needs
+nothing but the file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import onnx
+import torch
+
+from .checkpoint import load_checkpoint
+from .gtcrn import GTCRN
+from .streaming import StreamingGTCRN
+
+OPSET = 17
+FORMAT_VERSION = "1"
+
+
+def _batch_axes(shape: tuple[int, ...]) -> dict[int, str]:
+    return {i: "batch" for i, d in enumerate(shape) if d == -1}
+
+
+def simplify_graph(proto: onnx.ModelProto) -> None:
+    """Make the exported graph leaner without changing what it computes.
+
+    - ``Constant`` nodes become initializers;
+    - a GRU whose initial hidden state is built as zeros (ConstantOfShape) gets no
+      initial state instead, which ONNX defines as zeros;
+    - nodes whose outputs nobody uses are removed.
+    """
+    graph = proto.graph
+    for node in [n for n in graph.node if n.op_type == "Constant"]:
+        value = next(a for a in node.attribute if a.name == "value")
+        tensor = onnx.TensorProto()
+        tensor.CopyFrom(value.t)
+        tensor.name = node.output[0]
+        graph.initializer.append(tensor)
+        graph.node.remove(node)
+    producers = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.op_type == "GRU" and len(node.input) > 5 and node.input[5]:
+            src = producers.get(node.input[5])
+            if src is not None and src.op_type == "ConstantOfShape":
+                node.input[5] = ""
+    while True:  # drop dead nodes until none is left
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    for init in [t for t in graph.initializer if t.name not in used]:
+        graph.initializer.remove(init)
+
+
+def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", model_card: str = "",
+                extra_metadata: dict[str, Any] | None = None) -> Path:
+    """Write the streaming form of ``model`` to ``path`` and return the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stream = StreamingGTCRN.from_model(model)
+    cfg = stream.cfg
+    specs = stream.state_specs()
+    names_in = ["spec"] + [s.name for s in specs]
+    names_out = ["enh"] + [f"{s.name}_out" for s in specs]
+    dynamic = {"spec": {0: "batch"}, "enh": {0: "batch"}}
+    for s in specs:
+        dynamic[s.name] = _batch_axes(s.shape)
+        dynamic[f"{s.name}_out"] = _batch_axes(s.shape)
+    example = (torch.zeros(2, cfg.n_freqs, 1, 2), *stream.initial_states(2))
+    tmp = path.with_suffix(".tmp.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            stream, example, str(tmp), input_names=names_in, output_names=names_out,
+            dynamic_axes=dynamic, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    proto = onnx.load(str(tmp))
+    simplify_graph(proto)
+    meta = {
+        "voipfilter.format": FORMAT_VERSION,
+        "sample_rate": str(cfg.sample_rate),
+        "n_fft": str(cfg.n_fft),
+        "hop": str(cfg.hop),
+        "window": "sqrt_hann_periodic",
+        "state_names": json.dumps([s.name for s in specs]),
+        "state_shapes": json.dumps([list(s.shape) for s in specs]),
+        "model_name": model_name,
+        "model_card": model_card,
+        "gtcrn_config": json.dumps(cfg.to_dict()),
+    }
+    meta.update({k: str(v) for k, v in (extra_metadata or {}).items()})
+    del proto.metadata_props[:]
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    proto.producer_name = "voipfilter"
+    onnx.checker.check_model(proto)
+    onnx.save(proto, str(path))
+    tmp.unlink(missing_ok=True)
+    return path
+
+
+def default_card(ckpt_path: Path, meta: dict[str, Any]) -> str:
+    lines = [f"GTCRN streaming model exported from `{ckpt_path.name}`."]
+    for key in ("source", "epoch", "step", "training_data", "licence"):
+        if key in meta:
+            lines.append(f"- {key}: {meta[key]}")
+    return "\n".join(lines)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, type=Path, help="upstream or voipfilter checkpoint (.tar/.pt)")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="where to write the .onnx file")
+    parser.add_argument("--name", default=None, help="model name stored in the file (default: checkpoint stem)")
+    parser.add_argument("--card", type=Path, default=None, help="markdown model card to embed")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        model, _, meta = load_checkpoint(args.checkpoint)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"voipfilter export: {exc}")
+        return 2
+    card = args.card.read_text() if args.card else default_card(args.checkpoint, meta)
+    out = export_onnx(model, args.output, model_name=args.name or args.checkpoint.stem, model_card=card)
+    n_nodes = len(onnx.load(str(out)).graph.node)
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {n_nodes} nodes)")
+    return 0
