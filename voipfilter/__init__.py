@@ -1,0 +1,29 @@
+"""voipfilter: real-time noise suppression for WebRTC/VoIP calls (streaming GTCRN on onnxruntime).
+
+``from voipfilter import Denoiser`` is all a call needs; ``NoiseSuppressionTrack`` (aiortc) is
+imported only when first used, so ``import voipfilter`` stays light.
+"""
+from __future__ import annotations
+
+from .denoiser import Denoiser, ModelStepError
+from .model import Model, ModelNotFoundError, default_model_path
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Denoiser",
+    "Model",
+    "ModelNotFoundError",
+    "ModelStepError",
+    "NoiseSuppressionTrack",
+    "default_model_path",
+    "__version__",
+]
+
+
+def __getattr__(name: str):
+    if name == "NoiseSuppressionTrack":
+        from .track import NoiseSuppressionTrack
+
+        return NoiseSuppressionTrack
+    raise AttributeError(f"module 'voipfilter' has no attribute {name!r}")

@@ -1,0 +1,349 @@
+"""``Denoiser``: streaming noise suppression for audio of any chunk size at any supported rate.
+
+Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz):
+
+    x ─► resample R→M ─► [STFT ─► model step ─► overlap-add], hop by hop ─► resample M→R ─► FIFO ─► y
+    x ───────────────────────────── delay line of delay_samples ────────────────────────────► dry
+
+* ``process(x)`` returns exactly ``len(x)`` samples: the output FIFO is primed with zeros
+  (the fewest that never let it run dry, computed from the resamplers' measured behaviour,
+  see :mod:`voipfilter.resample`), so the delay is constant and independent of chunking.
+* ``delay_samples`` (at R) is exact: with an identity model, ``y[n] == x[n - delay]`` at the
+  model rate (to float rounding) and up to the resamplers' band limit at other rates. At
+  16 kHz it is n_fft - 1 = 511 samples; at 48 kHz 1631 (33.98 ms); see ``delay_samples``.
+* Output for a given input stream is bit-identical however it is chunked.
+* ``enabled = False`` outputs the delay-aligned input (the dry path); the model keeps
+  running, so toggling never shifts audio and re-enabling is seamless. ``atten_lim_db``
+  limits suppression by mixing the dry path back: ``y = wet * (1 - a) + dry * a`` with
+  ``a = 10 ** (-atten_lim_db / 20)`` (as DeepFilterNet does). Changes to either made during a
+  stream ramp the mix linearly over 10 ms to avoid clicks.
+* A model step that raises (or returns NaN/inf) does not lose audio: that hop passes the
+  noisy spectrum through unprocessed, the rest of the chunk is processed, the stream stays
+  aligned, and ``process`` then raises :class:`ModelStepError` whose ``output`` attribute
+  holds the full, correctly delayed output of the call. The model state is kept (reset to
+  zeros if it became non-finite). ``model_failures`` counts failed hops.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .model import Model
+from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
+from .stft import StreamingAnalysis, StreamingSynthesis
+
+__all__ = ["Denoiser", "ModelStepError", "SUPPORTED_RATES"]
+
+RAMP_SECONDS = 0.010
+
+
+class ModelStepError(RuntimeError):
+    """A model step failed during ``Denoiser.process``; ``output`` holds the call's output
+    (failed hops passed through unprocessed), ``n_failed`` the number of failed hops."""
+
+    def __init__(self, message: str, output: np.ndarray, n_failed: int):
+        super().__init__(message)
+        self.output = output
+        self.n_failed = n_failed
+
+
+class _Fifo:
+    """A float32 sample FIFO (amortised O(1) push/pop, no per-call reallocation once warm)."""
+
+    __slots__ = ("_buf", "_start", "_end")
+
+    def __init__(self, capacity: int = 4096):
+        self._buf = np.zeros(max(16, capacity), dtype=np.float32)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def push(self, x: np.ndarray) -> None:
+        n = len(x)
+        if n == 0:
+            return
+        if self._end + n > len(self._buf):
+            size = self._end - self._start
+            if size + n > len(self._buf):
+                new = np.zeros(max(2 * len(self._buf), size + n), dtype=np.float32)
+                new[:size] = self._buf[self._start : self._end]
+                self._buf = new
+            else:
+                self._buf[:size] = self._buf[self._start : self._end]
+            self._start, self._end = 0, size
+        self._buf[self._end : self._end + n] = x
+        self._end += n
+
+    def push_zeros(self, n: int) -> None:
+        self.push(np.zeros(n, dtype=np.float32))
+
+    def pop(self, n: int) -> np.ndarray:
+        if n > self._end - self._start:
+            raise RuntimeError(f"FIFO underrun: {n} samples wanted, {len(self)} held (a timing bug)")
+        out = self._buf[self._start : self._start + n].copy()
+        self._start += n
+        if self._start == self._end:
+            self._start = self._end = 0
+        return out
+
+
+class StreamCore:
+    """The model-rate part: hop buffering, STFT, model step, overlap-add.
+
+    ``process(x)`` takes any number of model-rate samples and returns hop * (number of
+    completed hops) samples whose content is the input delayed by ``n_fft - hop``.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+        self.hop = model.hop
+        self.n_fft = model.n_fft
+        self.block_delay = model.n_fft - model.hop
+        self._analysis = StreamingAnalysis(model.n_fft, model.hop)
+        self._synthesis = StreamingSynthesis(model.n_fft, model.hop)
+        self._pending = np.zeros(model.hop, dtype=np.float32)
+        self._n_pending = 0
+        self._run = model.session.run
+        self._out_names = list(model._output_names)
+        self._state_names = list(model.state_names)
+        self.model_failures = 0
+        self.reset()
+
+    def reset(self) -> None:
+        self._analysis.reset()
+        self._synthesis.reset()
+        self._n_pending = 0
+        self._states = [
+            np.zeros((1,) + shape[1:], dtype=np.float32) for shape in self.model.state_shapes
+        ]
+
+    def _step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
+        feed = dict(zip(self._state_names, self._states))
+        feed["spec"] = spec
+        try:
+            outs = self._run(self._out_names, feed)
+        except Exception as exc:  # onnxruntime raises its own types; keep the stream going
+            self.model_failures += 1
+            return spec, exc
+        enh = outs[0]
+        new_states = outs[1:]
+        if not np.isfinite(enh).all():
+            self.model_failures += 1
+            self._states = [np.zeros_like(s) for s in self._states]
+            return spec, FloatingPointError("model returned non-finite values; state reset")
+        self._states = new_states
+        return enh, None
+
+    def process(self, x: np.ndarray) -> tuple[np.ndarray, BaseException | None, int]:
+        """Returns (output samples, first error or None, number of failed hops)."""
+        hop = self.hop
+        n = len(x)
+        n_hops = (self._n_pending + n) // hop
+        if n_hops == 0:
+            self._pending[self._n_pending : self._n_pending + n] = x
+            self._n_pending += n
+            return np.zeros(0, dtype=np.float32), None, 0
+        out = np.empty(n_hops * hop, dtype=np.float32)
+        first_error = None
+        failed = 0
+        pos = 0
+        for k in range(n_hops):
+            if self._n_pending:
+                take = hop - self._n_pending
+                self._pending[self._n_pending :] = x[pos : pos + take]
+                block = self._pending
+                self._n_pending = 0
+            else:
+                take = hop
+                block = x[pos : pos + hop]
+            pos += take
+            spec = self._analysis.analyze(block)
+            enh, err = self._step(spec)
+            if err is not None:
+                failed += 1
+                if first_error is None:
+                    first_error = err
+            out[k * hop : (k + 1) * hop] = self._synthesis.synthesize(enh)
+        rest = n - pos
+        if rest:
+            self._pending[:rest] = x[pos:]
+            self._n_pending = rest
+        return out, first_error, failed
+
+
+class Denoiser:
+    """Streaming noise suppressor for one mono stream.
+
+    Parameters
+    ----------
+    model:
+        None (the shipped default model), a path to a streaming ONNX file, or a
+        :class:`~voipfilter.model.Model` (share one across many Denoisers).
+    sample_rate:
+        Rate of the audio given to ``process``: 8000, 16000, 24000, 32000, 44100 or 48000.
+    atten_lim_db:
+        None (no limit) or a non-negative number of dB: the most the filter may attenuate.
+    enabled:
+        False: bypass (delay-aligned input out).
+    """
+
+    def __init__(
+        self,
+        model: "Model | str | os.PathLike | None" = None,
+        sample_rate: int = 16000,
+        atten_lim_db: float | None = None,
+        enabled: bool = True,
+    ):
+        self.sample_rate = check_rate(sample_rate)
+        self.model = Model.load(model)
+        self._core = StreamCore(self.model)
+        self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
+        self._resampling = self.sample_rate != self.model.sample_rate
+        self._ramp_step = 1.0 / max(1, round(RAMP_SECONDS * self.sample_rate))
+        self._atten_lim_db = self._check_atten(atten_lim_db)
+        self._enabled = bool(enabled)
+        self._mix = self._target_mix()
+        self.reset()
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def delay_samples(self) -> int:
+        """Exact, constant delay of the output relative to the input, in samples at
+        ``sample_rate`` (includes resampler delay)."""
+        return self._timing.delay_samples
+
+    @property
+    def delay_seconds(self) -> float:
+        return self._timing.delay_samples / self.sample_rate
+
+    @property
+    def model_failures(self) -> int:
+        """Hops whose model step failed since construction (not cleared by reset)."""
+        return self._core.model_failures
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        self._enabled = bool(value)
+
+    @property
+    def atten_lim_db(self) -> float | None:
+        return self._atten_lim_db
+
+    @atten_lim_db.setter
+    def atten_lim_db(self, value: float | None) -> None:
+        self._atten_lim_db = self._check_atten(value)
+
+    @staticmethod
+    def _check_atten(value: float | None) -> float | None:
+        if value is None:
+            return None
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}") from None
+        if np.isnan(v) or v < 0:
+            raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}")
+        return v
+
+    def _target_mix(self) -> float:
+        if not self._enabled:
+            return 1.0
+        if self._atten_lim_db is None or np.isinf(self._atten_lim_db):
+            return 0.0
+        return float(10.0 ** (-self._atten_lim_db / 20.0))
+
+    # ------------------------------------------------------------------ stream
+    def reset(self) -> None:
+        """Start a new stream: zero model state, empty buffers, same delay."""
+        t = self._timing
+        self._core.reset()
+        if self._resampling:
+            self._down = StreamingResampler(self.sample_rate, self.model.sample_rate)
+            self._up = StreamingResampler(self.model.sample_rate, self.sample_rate)
+            if t.model_priming:
+                primed = self._up.process(np.zeros(t.model_priming, dtype=np.float32))
+            else:
+                primed = np.zeros(0, dtype=np.float32)
+        else:
+            self._down = self._up = None
+            primed = np.zeros(0, dtype=np.float32)
+        self._out = _Fifo(4 * t.delay_samples + 8192)
+        self._out.push_zeros(t.output_priming)
+        self._out.push(primed)
+        self._dry = _Fifo(4 * t.delay_samples + 8192)
+        self._dry.push_zeros(t.delay_samples)
+        self._mix = self._target_mix()
+
+    def _validate(self, x: np.ndarray) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise ValueError(f"process() takes a numpy array, got {type(x).__name__}")
+        if x.ndim != 1:
+            raise ValueError(
+                f"process() takes a 1-D mono array, got shape {x.shape}; "
+                "downmix stereo first (e.g. x.mean(axis=...)) or flatten a mono (n, 1) array"
+            )
+        if x.dtype == np.int16:
+            return x.astype(np.float32) * np.float32(1.0 / 32768.0)
+        if x.dtype != np.float32:
+            raise ValueError(f"process() takes float32 or int16 samples, got {x.dtype} (use x.astype(np.float32))")
+        if not np.isfinite(x).all():
+            raise ValueError("input contains NaN or infinite samples")
+        return x
+
+    def process(self, x: np.ndarray) -> np.ndarray:
+        """Denoise the next ``len(x)`` samples of the stream; returns as many, same dtype,
+        delayed by ``delay_samples``."""
+        xf = self._validate(x)
+        n = len(xf)
+        if n == 0:
+            return np.zeros(0, dtype=x.dtype)
+        if self._resampling:
+            wet = self._down.process(xf)
+            wet, err, failed = self._core.process(wet)
+            if len(wet):
+                wet = self._up.process(wet)
+        else:
+            wet, err, failed = self._core.process(xf)
+        self._out.push(wet)
+        y = self._out.pop(n)
+        self._dry.push(xf)
+        dry = self._dry.pop(n)
+
+        target = self._target_mix()
+        mix = self._mix
+        if mix == target:
+            if mix == 1.0:
+                y = dry
+            elif mix != 0.0:
+                y = y * np.float32(1.0 - mix) + dry * np.float32(mix)
+        else:
+            step = self._ramp_step if target > mix else -self._ramp_step
+            ramp = mix + step * np.arange(1, n + 1, dtype=np.float64)
+            ramp = np.minimum(ramp, target) if step > 0 else np.maximum(ramp, target)
+            a = ramp.astype(np.float32)
+            y = y * (np.float32(1.0) - a) + dry * a
+            self._mix = float(ramp[-1])
+
+        if x.dtype == np.int16:
+            y = np.clip(np.rint(y * np.float32(32768.0)), -32768, 32767).astype(np.int16)
+        if err is not None:
+            raise ModelStepError(
+                f"model step failed on {failed} hop(s) ({type(err).__name__}: {err}); "
+                "those hops passed through unprocessed, the stream stays aligned",
+                output=y,
+                n_failed=failed,
+            ) from err
+        return y
+
+    def __repr__(self) -> str:
+        return (
+            f"Denoiser(model={self.model.model_name!r}, sample_rate={self.sample_rate}, "
+            f"delay_samples={self.delay_samples}, enabled={self._enabled}, atten_lim_db={self._atten_lim_db})"
+        )

@@ -1,0 +1,216 @@
+"""A streaming ONNX model: one shared onnxruntime session, its metadata, per-hop stepping.
+
+The file format is the "Streaming ONNX contract" in docs/architecture.md: input ``spec``
+(B, F, 1, 2) float32, then one input per state (metadata ``state_names`` order), outputs
+``enh`` then ``<state>_out``; configuration in ``metadata_props``. Nothing but the file is
+needed at run time (no torch).
+
+``Model.load(path)`` caches one instance per resolved path (and thread count), so any number
+of :class:`~voipfilter.denoiser.Denoiser` objects share one session (weights shared, state
+per stream). ``InferenceSession.run`` is thread-safe, so they may run in different threads.
+"""
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+__all__ = ["Model", "ModelNotFoundError", "default_model_path", "FORMAT_VERSION", "WINDOW"]
+
+FORMAT_VERSION = "1"
+WINDOW = "sqrt_hann_periodic"
+DEFAULT_MODEL_NAME = "gtcrn-voipfilter.onnx"
+REQUIRED_KEYS = (
+    "voipfilter.format",
+    "sample_rate",
+    "n_fft",
+    "hop",
+    "window",
+    "state_names",
+    "state_shapes",
+    "model_name",
+)
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """No model file: the default model is not installed, or a given path does not exist."""
+
+
+def default_model_path() -> Path:
+    """Where the shipped default model lives: ``voipfilter/models/gtcrn-voipfilter.onnx``."""
+    return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
+
+
+def _no_default_model_message(path: Path) -> str:
+    return (
+        f"no default model: {path} does not exist (this install ships no trained model yet). "
+        "Pass one explicitly, e.g. Denoiser(model='model.onnx') or --model model.onnx, or export "
+        "one from a checkpoint with: voipfilter export --checkpoint CKPT -o model.onnx "
+        "(needs pip install 'voipfilter[train]')"
+    )
+
+
+class Model:
+    """A loaded streaming ONNX model.
+
+    Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window``,
+    ``state_names``, ``state_shapes`` (batch-1 shapes), ``model_name``, ``model_card``,
+    ``metadata`` (all metadata strings), ``session``.
+    """
+
+    _cache: dict[tuple[str, int], "Model"] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, path: str | os.PathLike, intra_op_num_threads: int = 1):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        self.path = path.resolve()
+        self.intra_op_num_threads = int(intra_op_num_threads)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.intra_op_num_threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if self.intra_op_num_threads == 1:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: not a loadable ONNX model ({exc})") from exc
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self._parse_metadata()
+        self._check_io()
+        self._output_names = ["enh"] + [f"{n}_out" for n in self.state_names]
+        self._run = self.session.run
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: "str | os.PathLike | Model | None" = None, intra_op_num_threads: int = 1) -> "Model":
+        """A shared Model for ``path`` (None: the default model); cached per resolved path."""
+        if isinstance(path, Model):
+            return path
+        if path is None:
+            path = default_model_path()
+            if not path.is_file():
+                raise ModelNotFoundError(_no_default_model_message(path))
+        resolved = Path(path).resolve()
+        if not resolved.is_file():
+            raise ModelNotFoundError(f"model file not found: {path}")
+        key = (str(resolved), int(intra_op_num_threads))
+        with cls._cache_lock:
+            model = cls._cache.get(key)
+            if model is None:
+                model = cls(resolved, intra_op_num_threads=intra_op_num_threads)
+                cls._cache[key] = model
+            return model
+
+    @classmethod
+    def clear_cache(cls) -> None:
+        with cls._cache_lock:
+            cls._cache.clear()
+
+    def _bad(self, what: str) -> ValueError:
+        return ValueError(
+            f"{self.path}: not a voipfilter streaming model: {what} "
+            "(see 'Streaming ONNX contract' in docs/architecture.md; export one with "
+            "voipfilter export --checkpoint CKPT -o model.onnx)"
+        )
+
+    def _parse_metadata(self) -> None:
+        meta = self.metadata
+        missing = [k for k in REQUIRED_KEYS if k not in meta]
+        if missing:
+            raise self._bad(f"metadata lacks {', '.join(missing)}")
+        if meta["voipfilter.format"] != FORMAT_VERSION:
+            raise self._bad(f"metadata voipfilter.format={meta['voipfilter.format']!r}, expected {FORMAT_VERSION!r}")
+        try:
+            self.sample_rate = int(meta["sample_rate"])
+            self.n_fft = int(meta["n_fft"])
+            self.hop = int(meta["hop"])
+        except ValueError as exc:
+            raise self._bad(f"sample_rate/n_fft/hop must be integers ({exc})") from None
+        if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_fft % 2 or self.n_fft % self.hop:
+            raise self._bad(f"bad sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop={self.hop}")
+        self.window = meta["window"]
+        if self.window != WINDOW:
+            raise self._bad(f"window {self.window!r} is not supported (only {WINDOW!r})")
+        try:
+            names = json.loads(meta["state_names"])
+            shapes = json.loads(meta["state_shapes"])
+        except json.JSONDecodeError as exc:
+            raise self._bad(f"state_names/state_shapes are not JSON ({exc})") from None
+        if not (isinstance(names, list) and all(isinstance(n, str) and n for n in names)):
+            raise self._bad("state_names must be a JSON list of names")
+        if not (
+            isinstance(shapes, list)
+            and len(shapes) == len(names)
+            and all(isinstance(s, list) and s and all(isinstance(d, int) and d > 0 for d in s) for s in shapes)
+        ):
+            raise self._bad("state_shapes must be a JSON list of positive integer shapes, one per state")
+        if len(set(names)) != len(names) or "spec" in names:
+            raise self._bad("state names must be unique and differ from 'spec'")
+        self.state_names: list[str] = names
+        self.state_shapes: list[tuple[int, ...]] = [tuple(s) for s in shapes]
+        self.model_name: str = meta["model_name"]
+        self.model_card: str = meta.get("model_card", "")
+        self.n_freq = self.n_fft // 2 + 1
+
+    def _check_io(self) -> None:
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
+        want_in = ["spec"] + self.state_names
+        want_out = ["enh"] + [f"{n}_out" for n in self.state_names]
+        if set(inputs) != set(want_in):
+            raise self._bad(f"inputs are {sorted(inputs)}, metadata implies {want_in}")
+        missing = [n for n in want_out if n not in outputs]
+        if missing:
+            raise self._bad(f"outputs lack {missing}")
+        spec_shape = inputs["spec"].shape
+        if len(spec_shape) != 4 or spec_shape[1:] != [self.n_freq, 1, 2]:
+            raise self._bad(f"input spec has shape {spec_shape}, expected (B, {self.n_freq}, 1, 2)")
+        for name, shape in zip(self.state_names, self.state_shapes):
+            got = inputs[name].shape
+            if len(got) != len(shape) or any(
+                isinstance(g, int) and g != s for g, s in zip(got[1:], shape[1:])
+            ):
+                raise self._bad(f"state {name} has shape {got} in the graph, metadata says {list(shape)}")
+
+    # ------------------------------------------------------------------ running
+    @property
+    def delay_samples(self) -> int:
+        """Delay of a sample-level stream at the model's rate: n_fft - 1 (511 at 512/256)."""
+        return self.n_fft - 1
+
+    def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
+        """Zero state for ``batch`` streams (each state's first dimension is the batch)."""
+        return {
+            name: np.zeros((batch,) + shape[1:], dtype=np.float32)
+            for name, shape in zip(self.state_names, self.state_shapes)
+        }
+
+    def step(self, spec: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One hop: spec (B, F, 1, 2) float32 and state → (enh (B, F, 1, 2), new state)."""
+        feed = dict(state)
+        feed["spec"] = spec
+        outs = self._run(self._output_names, feed)
+        return outs[0], dict(zip(self.state_names, outs[1:]))
+
+    def step_list(self, spec: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
+        """Hot-path variant: states as a list in ``state_names`` order; returns
+        ``[enh, *new_states]`` (onnxruntime's output list, no dict building)."""
+        feed = dict(zip(self.state_names, states))
+        feed["spec"] = spec
+        return self._run(self._output_names, feed)
+
+    def __repr__(self) -> str:
+        return (
+            f"Model({self.model_name!r}, path={str(self.path)!r}, sample_rate={self.sample_rate}, "
+            f"n_fft={self.n_fft}, hop={self.hop}, states={self.state_names})"
+        )
