@@ -1,0 +1,189 @@
+"""The network is upstream's function: strict loads, offline output, streaming, ONNX."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from conftest import require_module
+
+require_module("torch", "train")
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+
+from voipfilter.nn import stft as S  # noqa: E402
+from voipfilter.nn.checkpoint import load_checkpoint, save_model  # noqa: E402
+from voipfilter.nn.config import GTCRNConfig  # noqa: E402
+from voipfilter.nn.export import export_onnx  # noqa: E402
+from voipfilter.nn.gtcrn import GTCRN, count_parameters, erb_filterbank  # noqa: E402
+from voipfilter.nn.streaming import StreamingGTCRN  # noqa: E402
+
+CHECKPOINTS = ["checkpoint_dns3.tar", "checkpoint_dns3_2024-03.tar", "checkpoint_vctk.tar"]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+@pytest.fixture(scope="module")
+def demo(reference_dir: Path) -> tuple[np.ndarray, np.ndarray]:
+    noisy, sr = sf.read(reference_dir / "demo_noisy.wav", dtype="float32")
+    enhanced, sr2 = sf.read(reference_dir / "demo_enhanced_by_checkpoint_dns3_2024-03.wav", dtype="float32")
+    assert sr == sr2 == 16000
+    return noisy, enhanced
+
+
+@pytest.fixture(scope="module")
+def upstream_model(upstream_checkpoint: Path) -> GTCRN:
+    return load_checkpoint(upstream_checkpoint)[0]
+
+
+@pytest.fixture(scope="module")
+def demo_frames(demo, upstream_model) -> torch.Tensor:
+    return S.stft(torch.from_numpy(demo[0])[None], upstream_model.cfg)
+
+
+def test_parameter_count_and_erb_matrix_match_upstream(upstream_checkpoint: Path) -> None:
+    model = GTCRN()
+    assert count_parameters(model) == 23669
+    state = torch.load(upstream_checkpoint, map_location="cpu", weights_only=False)["model"]
+    np.testing.assert_array_equal(erb_filterbank(GTCRNConfig()), state["erb.erb_fc.weight"].numpy())
+
+
+@pytest.mark.parametrize("name", CHECKPOINTS)
+def test_strict_load_of_every_upstream_checkpoint(reference_dir: Path, name: str) -> None:
+    model, cfg, meta = load_checkpoint(reference_dir / name)
+    assert cfg == GTCRNConfig()
+    assert meta["source"] == "upstream GTCRN checkpoint"
+    assert len(model.state_dict()) == 271
+
+
+def test_offline_output_matches_upstream_demo(demo, upstream_model) -> None:
+    noisy, reference = demo
+    cfg = upstream_model.cfg
+    with torch.no_grad():
+        spec = S.stft(torch.from_numpy(noisy)[None], cfg, pad_mode="reflect")
+        out = S.istft(upstream_model(spec), cfg)[0].numpy()
+    assert len(out) == len(reference)
+    assert np.abs(out - reference).max() <= 1e-4
+
+
+def test_streaming_equals_offline(demo_frames, upstream_model) -> None:
+    stream = StreamingGTCRN.from_model(upstream_model)
+    states = stream.initial_states(1)
+    n = demo_frames.shape[2]
+    assert n >= 600
+    with torch.no_grad():
+        offline = upstream_model(demo_frames)
+        worst = 0.0
+        for t in range(n):
+            enh, *states = stream(demo_frames[:, :, t : t + 1], *states)
+            worst = max(worst, (enh - offline[:, :, t : t + 1]).abs().max().item())
+    assert worst <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def our_onnx(upstream_model, tmp_path_factory) -> Path:
+    return export_onnx(upstream_model, tmp_path_factory.mktemp("onnx") / "m.onnx", model_name="t")
+
+
+def _run_ours(path: Path, frames: np.ndarray) -> np.ndarray:
+    sess = _session(path)
+    meta = sess.get_modelmeta().custom_metadata_map
+    names = json.loads(meta["state_names"])
+    shapes = json.loads(meta["state_shapes"])
+    states = {n: np.zeros([1 if d == -1 else d for d in s], np.float32) for n, s in zip(names, shapes)}
+    outs = ["enh"] + [f"{n}_out" for n in names]
+    result = []
+    for t in range(frames.shape[2]):
+        enh, *new = sess.run(outs, {"spec": frames[:, :, t : t + 1], **states})
+        states = dict(zip(names, new))
+        result.append(enh)
+    return np.concatenate(result, axis=2)
+
+
+def test_onnx_graph_is_lean_and_self_describing(our_onnx: Path) -> None:
+    proto = onnx.load(str(our_onnx))
+    ops = [n.op_type for n in proto.graph.node]
+    assert "ScatterND" not in ops
+    assert len(ops) < 415
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key in ("sample_rate", "n_fft", "hop", "window", "state_names", "state_shapes", "model_name", "model_card"):
+        assert key in meta
+    assert (meta["sample_rate"], meta["n_fft"], meta["hop"]) == ("16000", "512", "256")
+    assert len(json.loads(meta["state_names"])) == len(json.loads(meta["state_shapes"]))
+
+
+def test_onnx_equals_torch_streaming(our_onnx: Path, demo_frames, upstream_model) -> None:
+    ours = _run_ours(our_onnx, demo_frames.numpy())
+    stream = StreamingGTCRN.from_model(upstream_model)
+    states = stream.initial_states(1)
+    with torch.no_grad():
+        ref = []
+        for t in range(demo_frames.shape[2]):
+            enh, *states = stream(demo_frames[:, :, t : t + 1], *states)
+            ref.append(enh.numpy())
+    assert np.abs(ours - np.concatenate(ref, axis=2)).max() <= 1e-5
+
+
+def test_onnx_equals_upstream_streaming_onnx(our_onnx: Path, demo_frames, reference_dir: Path, upstream_model) -> None:
+    frames = demo_frames.numpy()
+    ours = _run_ours(our_onnx, frames)
+    sess = _session(reference_dir / "stream_dns3_2024-03_simplified.onnx")
+    caches = {
+        "conv_cache": np.zeros((2, 1, 16, 16, 33), np.float32),
+        "tra_cache": np.zeros((2, 3, 1, 1, 16), np.float32),
+        "inter_cache": np.zeros((2, 1, 33, 16), np.float32),
+    }
+    theirs = []
+    for t in range(frames.shape[2]):
+        enh, *new = sess.run(None, {"mix": frames[:, :, t : t + 1], **caches})
+        caches = dict(zip(caches, new))
+        theirs.append(enh)
+    theirs = np.concatenate(theirs, axis=2)
+    # Waveforms (what a listener gets) agree to 1e-5; in the spectrum, both float32 graphs
+    # sit ~1e-5 from each other at bins of magnitude ~10 (each is as far from upstream's
+    # own torch model), so the spectral check is on the complex mask: |enh diff| / |noisy|.
+    cfg = upstream_model.cfg
+    wave_ours = S.istft(torch.from_numpy(ours), cfg).numpy()
+    wave_theirs = S.istft(torch.from_numpy(theirs), cfg).numpy()
+    assert np.abs(wave_ours - wave_theirs).max() <= 1e-5
+    noisy_mag = np.sqrt((frames**2).sum(axis=-1, keepdims=True))
+    assert (np.abs(ours - theirs) / np.maximum(noisy_mag, 1.0)).max() <= 1e-5
+
+
+def test_export_of_our_own_checkpoint_roundtrips(tmp_path: Path) -> None:
+    cfg = GTCRNConfig()
+    torch.manual_seed(0)
+    model = GTCRN(cfg).eval()
+    save_model(tmp_path / "ours.pt", model, meta={"step": 3})
+    loaded, cfg2, meta = load_checkpoint(tmp_path / "ours.pt")
+    assert cfg2 == cfg and meta["step"] == 3 and meta["source"] == "voipfilter"
+    path = export_onnx(loaded, tmp_path / "ours.onnx", model_name="ours")
+    frames = S.stft(torch.randn(1, 16000) * 0.1, cfg)
+    with torch.no_grad():
+        offline = loaded(frames).numpy()
+    assert np.abs(_run_ours(path, frames.numpy()) - offline).max() <= 1e-5
+
+
+def test_onnx_batch_dimension_is_dynamic(our_onnx: Path) -> None:
+    sess = _session(our_onnx)
+    meta = sess.get_modelmeta().custom_metadata_map
+    names, shapes = json.loads(meta["state_names"]), json.loads(meta["state_shapes"])
+    rng = np.random.default_rng(0)
+    frames = rng.standard_normal((3, 257, 1, 2)).astype(np.float32)
+    states = {n: np.zeros([3 if d == -1 else d for d in s], np.float32) for n, s in zip(names, shapes)}
+    enh, *_ = sess.run(None, {"spec": frames, **states})
+    single = [
+        sess.run(None, {"spec": frames[i : i + 1], **{n: v[[i]] if shapes[k][0] == -1 else v[:, [i]]
+                                                        for k, (n, v) in enumerate(states.items())}})[0]
+        for i in range(3)
+    ]
+    np.testing.assert_allclose(enh, np.concatenate(single), atol=1e-5)
