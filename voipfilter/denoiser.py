@@ -116,9 +116,8 @@ class StreamCore:
         self._analysis.reset()
         self._synthesis.reset()
         self._n_pending = 0
-        self._states = [
-            np.zeros((1,) + shape[1:], dtype=np.float32) for shape in self.model.state_shapes
-        ]
+        initial = self.model.initial_state(1)
+        self._states = [initial[name] for name in self._state_names]
 
     def _step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
         feed = dict(zip(self._state_names, self._states))

@@ -58,7 +58,8 @@ class Model:
     """A loaded streaming ONNX model.
 
     Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window``,
-    ``state_names``, ``state_shapes`` (batch-1 shapes), ``model_name``, ``model_card``,
+    ``state_names``, ``state_shapes`` (batch-1 shapes), ``state_batch_axes`` (the batch
+    axis of each state: 0 in the contract), ``model_name``, ``model_card``,
     ``metadata`` (all metadata strings), ``session``.
     """
 
@@ -151,13 +152,25 @@ class Model:
         if not (
             isinstance(shapes, list)
             and len(shapes) == len(names)
-            and all(isinstance(s, list) and s and all(isinstance(d, int) and d > 0 for d in s) for s in shapes)
+            and all(
+                isinstance(s, list)
+                and s
+                and all(isinstance(d, int) and (d > 0 or d == -1) for d in s)
+                and s.count(-1) <= 1
+                for s in shapes
+            )
         ):
-            raise self._bad("state_shapes must be a JSON list of positive integer shapes, one per state")
+            raise self._bad(
+                "state_shapes must be a JSON list of integer shapes (batch 1, or -1 marking the "
+                "batch axis), one per state"
+            )
         if len(set(names)) != len(names) or "spec" in names:
             raise self._bad("state names must be unique and differ from 'spec'")
         self.state_names: list[str] = names
-        self.state_shapes: list[tuple[int, ...]] = [tuple(s) for s in shapes]
+        # The contract puts the batch first with size 1; a -1 marks another batch axis
+        # (e.g. a GRU hidden state (1, B, H)). Shapes are stored with batch 1.
+        self.state_batch_axes: list[int] = [s.index(-1) if -1 in s else 0 for s in shapes]
+        self.state_shapes: list[tuple[int, ...]] = [tuple(1 if d == -1 else d for d in s) for s in shapes]
         self.model_name: str = meta["model_name"]
         self.model_card: str = meta.get("model_card", "")
         self.n_freq = self.n_fft // 2 + 1
@@ -175,10 +188,14 @@ class Model:
         spec_shape = inputs["spec"].shape
         if len(spec_shape) != 4 or spec_shape[1:] != [self.n_freq, 1, 2]:
             raise self._bad(f"input spec has shape {spec_shape}, expected (B, {self.n_freq}, 1, 2)")
-        for name, shape in zip(self.state_names, self.state_shapes):
+        for i, (name, shape) in enumerate(zip(self.state_names, self.state_shapes)):
             got = inputs[name].shape
+            symbolic = [k for k, g in enumerate(got) if not isinstance(g, int)]
+            if len(symbolic) == 1 and self.state_batch_axes[i] == 0 and symbolic[0] != 0:
+                self.state_batch_axes[i] = symbolic[0]  # metadata said nothing; trust the graph
+            axis = self.state_batch_axes[i]
             if len(got) != len(shape) or any(
-                isinstance(g, int) and g != s for g, s in zip(got[1:], shape[1:])
+                isinstance(g, int) and g != s for k, (g, s) in enumerate(zip(got, shape)) if k != axis
             ):
                 raise self._bad(f"state {name} has shape {got} in the graph, metadata says {list(shape)}")
 
@@ -191,9 +208,14 @@ class Model:
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero state for ``batch`` streams (each state's first dimension is the batch)."""
         return {
-            name: np.zeros((batch,) + shape[1:], dtype=np.float32)
-            for name, shape in zip(self.state_names, self.state_shapes)
+            name: np.zeros(self._batched(i, batch), dtype=np.float32)
+            for i, name in enumerate(self.state_names)
         }
+
+    def _batched(self, i: int, batch: int) -> tuple[int, ...]:
+        shape = list(self.state_shapes[i])
+        shape[self.state_batch_axes[i]] = batch
+        return tuple(shape)
 
     def step(self, spec: np.ndarray, state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """One hop: spec (B, F, 1, 2) float32 and state → (enh (B, F, 1, 2), new state)."""
