@@ -101,7 +101,7 @@ def make_identity_model(
         "hop": str(hop),
         "window": "sqrt_hann_periodic",
         "state_names": json.dumps([STATE_NAME]),
-        "state_shapes": json.dumps([[1, STATE_SIZE]]),
+        "state_shapes": json.dumps([[-1, STATE_SIZE]]),  # -1 marks the batch axis
         "model_name": model_name,
         "model_card": f"# {model_name}\n\nSynthetic test model: enh = {gain} * spec.\n",
     }

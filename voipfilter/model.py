@@ -167,8 +167,8 @@ class Model:
         if len(set(names)) != len(names) or "spec" in names:
             raise self._bad("state names must be unique and differ from 'spec'")
         self.state_names: list[str] = names
-        # The contract puts the batch first with size 1; a -1 marks another batch axis
-        # (e.g. a GRU hidden state (1, B, H)). Shapes are stored with batch 1.
+        # The contract writes the batch axis as -1 (a GRU hidden state is (1, B, H)); a shape
+        # without -1 has its batch first (size 1). Shapes are stored with batch 1.
         self.state_batch_axes: list[int] = [s.index(-1) if -1 in s else 0 for s in shapes]
         self.state_shapes: list[tuple[int, ...]] = [tuple(1 if d == -1 else d for d in s) for s in shapes]
         self.model_name: str = meta["model_name"]
