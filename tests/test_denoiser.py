@@ -425,3 +425,21 @@ def test_repr_and_delay_seconds(identity):
     assert "delay_samples=" in repr(den)
     assert den.delay_seconds == pytest.approx(den.delay_samples / 48000)
     assert 0.032 <= den.delay_seconds <= 0.036
+
+
+def test_bench_runs_and_reports(identity_path, tmp_path, capsys):
+    """`voipfilter bench` smoke test: both rows and the full path (identity models, short)."""
+    import json
+
+    from voipfilter.cli import main
+
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(identity_path), "--reference", str(identity_path),
+               "--seconds", "0.5", "--rounds", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "ms/hop" in text and "Denoiser.process at 48000 Hz" in text
+    res = json.loads(out.read_text())
+    assert res["ours"]["ms_per_hop"] > 0 and res["reference"]["ms_per_hop"] > 0
+    assert 1535 <= res["full_path"]["delay_samples"] <= 1536 + 120 and res["threads"] == 1
+    assert main(["bench", "--model", str(identity_path), "--reference", str(tmp_path / "none.onnx")]) == 2
