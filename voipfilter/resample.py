@@ -90,9 +90,11 @@ class StreamingResampler:
         frames = self._resampler.resample(frame)
         if not frames:
             return np.zeros(0, dtype=np.float32)
+        # Packed float mono: plane 0 holds the samples (its buffer may be padded at the end).
         if len(frames) == 1:
-            return frames[0].to_ndarray().reshape(-1)
-        return np.concatenate([f.to_ndarray().reshape(-1) for f in frames])
+            f = frames[0]
+            return np.frombuffer(f.planes[0], dtype=np.float32, count=f.samples)
+        return np.concatenate([np.frombuffer(f.planes[0], dtype=np.float32, count=f.samples) for f in frames])
 
     # ------------------------------------------------------------------ timing
     def count(self, n) -> np.ndarray:
