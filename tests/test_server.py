@@ -664,3 +664,44 @@ def test_compose_file_runs_the_image_with_a_pinned_udp_range():
         assert "healthcheck" not in svc or svc["healthcheck"]
     else:
         assert re.search(r"ip_local_port_range", text) and "/udp" in text
+
+
+def test_tls_serves_https_and_the_healthcheck_follows(identity_model, tmp_path):
+    """--tls-cert/--tls-key (the microphone needs https:// away from localhost); the image's
+    HEALTHCHECK switches to https when VOIPFILTER_TLS_CERT is set."""
+    import ssl
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl (to make a test certificate) is not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True, timeout=60)
+    port = free_port()
+    env = dict(os.environ, VOIPFILTER_TLS_CERT=str(cert), VOIPFILTER_TLS_KEY=str(key), VOIPFILTER_PORT=str(port))
+    proc = subprocess.Popen([sys.executable, "server.py", "--model", str(identity_model)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        ctx = ssl._create_unverified_context()
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"https://127.0.0.1:{port}/health", timeout=2, context=ctx) as r:
+                    assert json.loads(r.read())["status"] == "ok"
+                break
+            except OSError:
+                assert proc.poll() is None, proc.stderr.read()
+                assert time.monotonic() < deadline, "no https answer"
+                time.sleep(0.2)
+        health_cmd = json.loads(next(r for w, r in dockerfile_instructions() if w == "HEALTHCHECK").split(" CMD ", 1)[1])
+        health_cmd[0] = sys.executable
+        r = subprocess.run(health_cmd, env=env, capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    r = run_cli([sys.executable, "server.py", "--model", str(identity_model), "--tls-cert", str(cert)])
+    assert r.returncode == 2 and "go together" in r.stderr

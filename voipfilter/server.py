@@ -792,6 +792,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "env VOIPFILTER_LOOPBACK_ICE=1)")
     parser.add_argument("--atten-lim-db", type=_atten, default=_atten(env_atten) if env_atten else None,
                         help="start calls with at most this much suppression in dB (default: no limit)")
+    parser.add_argument("--tls-cert", default=_env("TLS_CERT"), metavar="PEM",
+                        help="serve HTTPS with this certificate chain (browsers give the microphone "
+                        "and AudioWorklet only to https:// pages or http://localhost; env VOIPFILTER_TLS_CERT)")
+    parser.add_argument("--tls-key", default=_env("TLS_KEY"), metavar="PEM",
+                        help="private key for --tls-cert (env VOIPFILTER_TLS_KEY)")
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="log level (default info)")
     parser.add_argument("--access-log", action="store_true", help="also log every HTTP request")
@@ -800,6 +805,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def build_config(args: argparse.Namespace) -> ServerConfig:
     if args.max_calls < 1:
         raise ConfigError("--max-calls must be at least 1")
+    if bool(getattr(args, "tls_cert", None)) != bool(getattr(args, "tls_key", None)):
+        raise ConfigError("--tls-cert and --tls-key go together")
     if args.turn_password and not args.turn_user:
         raise ConfigError("--turn-password needs --turn-user")
     stun = args.stun if args.stun is not None else _env_list("STUN")
@@ -840,6 +847,16 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"voipfilter serve: {exc}", file=sys.stderr)
         return 2
+    ssl_context = None
+    if args.tls_cert:
+        import ssl
+
+        try:
+            ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"voipfilter serve: cannot use --tls-cert/--tls-key: {exc}", file=sys.stderr)
+            return 2
     app = create_app(config, model=model)
     access_logger = None
     if args.access_log:
@@ -847,7 +864,7 @@ def run(args: argparse.Namespace) -> int:
         access_logger.setLevel(logging.INFO)
     log.info(json.dumps({
         "event": "listening",
-        "url": f"http://{config.host}:{config.port}/",
+        "url": f"{'https' if ssl_context else 'http'}://{config.host}:{config.port}/",
         "model": getattr(model, "model_name", None),
         "model_path": str(getattr(model, "path", config.model)),
         "web_dir": str(config.web_dir),
@@ -859,6 +876,7 @@ def run(args: argparse.Namespace) -> int:
         app,
         host=config.host,
         port=config.port,
+        ssl_context=ssl_context,
         access_log=access_logger,
         print=None,
         shutdown_timeout=5,

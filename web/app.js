@@ -103,13 +103,19 @@
       if (!cfg) cfg = await (await fetch('/config')).json();
       ctx = new AudioContext({ latencyHint: 'interactive' });
       await ctx.resume();
-      await ctx.audioWorklet.addModule('/static/tap-worklet.js');
+      // AudioWorklet (the round-trip tap) and the microphone exist only in secure contexts:
+      // https:// or http://localhost. Elsewhere the call still works, without those.
+      const canTap = !!ctx.audioWorklet;
+      if (canTap) await ctx.audioWorklet.addModule('/static/tap-worklet.js');
 
       mix = ctx.createGain();
       inputGain = ctx.createGain(); inputGain.connect(mix);
       markerGain = ctx.createGain(); markerGain.connect(mix);
 
       if ($('input-select').value === 'mic') {
+        if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+          throw new Error('the microphone needs HTTPS (or http://localhost); use the built-in sample');
+        }
         micStream = await navigator.mediaDevices.getUserMedia({
           audio: { echoCancellation: false, noiseSuppression: false, autoGainControl: false, channelCount: 1 },
         });
@@ -132,16 +138,21 @@
       analyserIn = ctx.createAnalyser(); analyserIn.fftSize = 1024; analyserIn.smoothingTimeConstant = 0;
       mix.connect(analyserOut);
 
-      tapNode = new AudioWorkletNode(ctx, 'voipfilter-tap', {
-        numberOfInputs: 2, numberOfOutputs: 1, outputChannelCount: [1],
-      });
-      tapNode.port.onmessage = (ev) => {
-        const w = captureWaiters.get(ev.data.id);
-        if (w) { captureWaiters.delete(ev.data.id); w(ev.data); }
-      };
-      mix.connect(tapNode, 0, 0);
-      const sink = ctx.createGain(); sink.gain.value = 0;
-      tapNode.connect(sink).connect(ctx.destination); // keeps the tap pulled, silently
+      if (canTap) {
+        tapNode = new AudioWorkletNode(ctx, 'voipfilter-tap', {
+          numberOfInputs: 2, numberOfOutputs: 1, outputChannelCount: [1],
+        });
+        tapNode.port.onmessage = (ev) => {
+          const w = captureWaiters.get(ev.data.id);
+          if (w) { captureWaiters.delete(ev.data.id); w(ev.data); }
+        };
+        mix.connect(tapNode, 0, 0);
+        const sink = ctx.createGain(); sink.gain.value = 0;
+        tapNode.connect(sink).connect(ctx.destination); // keeps the tap pulled, silently
+      } else {
+        tapNode = null;
+        $('measure-status').textContent = 'round-trip measurement needs HTTPS (or http://localhost)';
+      }
 
       pc = new RTCPeerConnection({ iceServers: cfg.iceServers || [] });
       dc = pc.createDataChannel('control');
@@ -157,11 +168,11 @@
         // Chrome feeds a remote stream into WebAudio only while a media element plays it.
         remoteSource = ctx.createMediaStreamSource(stream);
         remoteSource.connect(analyserIn);
-        remoteSource.connect(tapNode, 0, 1);
+        if (tapNode) remoteSource.connect(tapNode, 0, 1);
       };
       pc.onconnectionstatechange = () => {
         const s = pc ? pc.connectionState : 'closed';
-        if (s === 'connected') { state.callState = 'connected'; setStatus('connected', 'connected'); $('measure-btn').disabled = false; }
+        if (s === 'connected') { state.callState = 'connected'; setStatus('connected', 'connected'); $('measure-btn').disabled = !tapNode; }
         if (s === 'failed' || s === 'disconnected') { state.callState = s; setStatus(`call ${s}`, 'failed'); }
       };
 
@@ -204,7 +215,7 @@
     if (micStream) micStream.getTracks().forEach((t) => t.stop());
     try { if (ctx) await ctx.close(); } catch (e) { /* closing anyway */ }
     $('remote-audio').srcObject = null;
-    pc = dc = ctx = micStream = null;
+    pc = dc = ctx = micStream = tapNode = null;
     prevInbound = prevPlayout = null;
     state.callId = null;
     $('start-btn').disabled = false;
@@ -540,7 +551,7 @@
   }
 
   async function measureRoundTrip() {
-    if (!ctx || !pc || state.roundTrip.running) return;
+    if (!ctx || !pc || !tapNode || state.roundTrip.running) return;
     const rt = state.roundTrip;
     rt.running = true;
     rt.off = []; rt.on = []; rt.pairs = []; rt.failures = 0;
@@ -580,7 +591,7 @@
       if (pc) sendControl(user);
       if (ctx && inputGain) inputGain.gain.setTargetAtTime(1, ctx.currentTime, 0.01);
       rt.running = false;
-      $('measure-btn').disabled = !pc;
+      $('measure-btn').disabled = !pc || !tapNode;
     }
   }
 
