@@ -676,9 +676,9 @@ async def _on_shutdown(app: web.Application) -> None:
 
 
 async def _on_cleanup(app: web.Application) -> None:
-    restore = app[APP_KEY_STATE].pop("ice_restore", None)
-    if callable(restore):
-        restore()
+    restriction = app[APP_KEY_STATE].pop("ice_restore", None)
+    if restriction is not None:
+        restriction.undo()
 
 
 def create_app(config: ServerConfig, model: Any = None) -> web.Application:

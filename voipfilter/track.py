@@ -433,7 +433,10 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         jump = False
         if self._prev_keep is not None:
             prev_now, prev_media, prev_dur = self._prev_keep
-            self._ahead += prev_dur - (now - prev_now)
+            elapsed = max(0.0, now - prev_now)
+            # media delivered minus wall time, leaking 1 %/s so that clock drift between a
+            # live sender and us (~0.1 ms/s) never adds up to a second
+            self._ahead = self._ahead * math.exp(-0.01 * elapsed) + prev_dur - elapsed
             if self._ahead > 1.0:
                 self._offline = True
             jump = abs(media - (prev_media + prev_dur)) > 0.0005
@@ -543,6 +546,8 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                     else:
                         self._n_back += 1
             self._prev_end = t + fractions.Fraction(n, rate)
+        else:
+            self._prev_end = None  # no timeline to compare the next frame with
         self._drop_pending = False
 
         if n == 0:
