@@ -1,0 +1,156 @@
+"""On-the-fly mixing: deterministic per (seed, index), never offset, augmentations aligned."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+sf = pytest.importorskip("soundfile")
+pytest.importorskip("scipy")
+
+from voipfilter.train import augment as aug  # noqa: E402
+from voipfilter.train.config import AugmentConfig, DataConfig  # noqa: E402
+from voipfilter.train.data import Mixer, MixingDataset, PairDataset, scan_audio, split_files  # noqa: E402
+from voipfilter.train.pairs import MisalignedPairsError, estimate_lag  # noqa: E402
+
+SR = 16000
+
+
+def _speech(rng, n):
+    t = np.arange(n) / SR
+    # gliding pitch (as in speech): a strictly periodic test signal would correlate as well
+    # at one pitch period as at lag 0
+    f0 = rng.uniform(100, 220) * (1 + 0.3 * np.sin(2 * np.pi * rng.uniform(0.5, 1.5) * t + rng.uniform(0, 6)))
+    phase = 2 * np.pi * np.cumsum(f0) / SR
+    x = sum(np.sin(k * phase + rng.uniform(0, 6)) / k for k in range(1, 12))
+    env = np.clip(np.sin(2 * np.pi * rng.uniform(2, 4) * t), 0, None) ** 2
+    x = x * env + 0.02 * rng.standard_normal(n) * env  # some broadband (fricative-like) energy
+    return 0.3 * x / np.abs(x).max()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(1)
+    (root / "speech").mkdir()
+    (root / "noise").mkdir()
+    for i in range(5):
+        sf.write(root / "speech" / f"s{i}.flac", _speech(rng, int(SR * rng.uniform(1.0, 3.0))).astype(np.float32), SR)
+    for i in range(3):
+        w = rng.standard_normal(int(SR * 1.3))
+        sf.write(root / "noise" / f"n{i}.flac", (0.2 * w / np.abs(w).max()).astype(np.float32), SR)
+    return root
+
+
+def _mixer(corpus, **augment):
+    data = DataConfig(speech_dirs=[str(corpus / "speech")], noise_dirs=[str(corpus / "noise")], segment_seconds=2.0)
+    a = AugmentConfig(**{"p_reverb": 0.0, **augment})
+    bank = None
+    if a.p_reverb > 0:
+        rng = np.random.default_rng(3)
+        bank = aug.RIRBank([aug.simulate_rir(rng, (0.3, 0.6)) for _ in range(3)])
+    return Mixer(scan_audio(data.speech_dirs, SR), scan_audio(data.noise_dirs, SR), data, a, bank)
+
+
+def test_items_are_deterministic_per_seed_and_index(corpus):
+    ds = MixingDataset(_mixer(corpus, p_codec=0.5, p_bandlimit=0.5, p_gain=0.5), 2.0, seed=11)
+    a = ds[7]
+    b = ds[7]
+    c = MixingDataset(_mixer(corpus, p_codec=0.5, p_bandlimit=0.5, p_gain=0.5), 2.0, seed=11)[7]
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], c[1])
+    assert not np.array_equal(ds[8][0], a[0])
+    assert not np.array_equal(MixingDataset(ds.mixer, 2.0, seed=12)[7][0], a[0])
+
+
+@pytest.mark.parametrize("augment", [
+    {},
+    {"p_reverb": 1.0},
+    {"p_codec": 1.0, "codecs": ["g711"]},
+    {"p_codec": 1.0, "codecs": ["g722"]},
+    {"p_codec": 1.0, "codecs": ["opus"], "opus_bitrates": [12000, 32000]},
+    {"p_bandlimit": 1.0},
+    {"p_gain": 1.0, "p_two_noises": 1.0},
+])
+def test_dataset_never_yields_offset_pairs(corpus, augment):
+    """Cross-correlation of noisy and clean peaks at lag 0 for every item (high SNR so the
+    speech dominates the correlation; the mixing code does not depend on the SNR drawn)."""
+    mixer = _mixer(corpus, snr_db=[15.0, 20.0], **augment)
+    ds = MixingDataset(mixer, 2.0, seed=3)
+    for i in range(6):
+        noisy, clean = ds[i]
+        assert noisy.shape == clean.shape == (2 * SR,)
+        assert noisy.dtype == clean.dtype == np.float32
+        assert np.all(np.abs(noisy) <= 1.0)
+        lag, corr = estimate_lag(noisy, clean, max_lag=800)
+        assert lag == 0, (augment, i, lag, corr)
+        assert corr > 0.5, (augment, i, corr)
+
+
+def test_level_and_snr(corpus):
+    mixer = _mixer(corpus, snr_db=[5.0, 5.0], level=[0.2, 0.2], p_gain=0.0, p_two_noises=0.0, p_clean=0.0,
+                   p_bandlimit=0.0, p_codec=0.0)
+    noisy, clean = MixingDataset(mixer, 2.0, seed=0)[0]
+    assert abs(np.max(np.abs(noisy)) - 0.2) < 1e-6
+    noise = noisy.astype(np.float64) - clean
+    snr = 10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum(noise ** 2))
+    assert abs(snr - 5.0) < 0.01
+
+
+def test_reverb_target_keeps_direct_path_timing():
+    rng = np.random.default_rng(0)
+    rir = aug.simulate_rir(rng, (0.5, 0.7))
+    assert np.argmax(np.abs(rir[:200])) == aug._RIR_LEAD  # direct path where expected
+    x = _speech(rng, SR)
+    full, early = aug.reverberate(x, rir, 50.0)
+    # the direct path keeps the dry timing up to its fractional part (< 1 sample); what
+    # matters for training is that noisy (full) and target (early) share it exactly
+    assert abs(estimate_lag(early, x, 400)[0]) <= 1
+    assert estimate_lag(full, early, 400)[0] == 0
+
+
+def test_codec_roundtrips_are_realigned():
+    rng = np.random.default_rng(5)
+    x = 0.3 * _speech(rng, 2 * SR)
+    for codec in ("g711", "g722", "opus"):
+        y = aug.codec_roundtrip(x, codec, rng, SR, [16000])
+        assert len(y) == len(x)
+        assert estimate_lag(y, x, 400)[0] == 0, codec
+
+
+def test_split_by_file_is_fixed_and_disjoint(corpus):
+    files = scan_audio([corpus / "speech"], SR)
+    tr, val = split_files(files, 0.4, 99)
+    tr2, val2 = split_files(files, 0.4, 99)
+    assert val == val2 and len(val) == 2 and not set(f.path for f in tr) & set(f.path for f in val)
+
+
+def _pairs(root, shift=0, n=SR * 2):
+    rng = np.random.default_rng(2)
+    (root / "noisy").mkdir(parents=True)
+    (root / "clean").mkdir(parents=True)
+    for i in range(3):
+        c = _speech(rng, n)
+        noisy = c + 0.05 * rng.standard_normal(n)
+        if i == 1 and shift:
+            c = np.roll(c, shift)
+        sf.write(root / "clean" / f"p{i}.wav", c.astype(np.float32), SR)
+        sf.write(root / "noisy" / f"p{i}.wav", noisy.astype(np.float32), SR)
+
+
+def test_pair_dataset_uses_aligned_pairs(tmp_path):
+    _pairs(tmp_path / "ok")
+    ds = PairDataset([tmp_path / "ok"], 1.5, seed=1)
+    for i in range(5):
+        noisy, clean = ds[i]
+        assert estimate_lag(noisy, clean, 400)[0] == 0
+    long = PairDataset([tmp_path / "ok"], 3.0, seed=1)[0]  # longer than the files: zero-padded alike
+    assert estimate_lag(*long, 400)[0] == 0
+
+
+def test_pair_dataset_refuses_a_one_sample_offset(tmp_path):
+    _pairs(tmp_path / "bad", shift=1)
+    with pytest.raises(MisalignedPairsError) as exc:
+        PairDataset([tmp_path / "bad"], 1.0)
+    assert "p1.wav" in str(exc.value) and "misaligned" in str(exc.value)
+    # skip_bad drops the pair (and says so) instead of using it
+    ds = PairDataset([tmp_path / "bad"], 1.0, skip_bad=True)
+    assert len(ds.source) == 2

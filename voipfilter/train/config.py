@@ -1,0 +1,199 @@
+"""Training configuration: nested dataclasses read from a YAML (or TOML) file.
+
+Every field has a default that works on ``../shared/data`` beside the checkout, so a
+config file only lists what it changes. Relative data paths are resolved against the
+config file's folder; ``$VARS`` and ``~`` are expanded first.
+
+Layout of a file (all sections optional)::
+
+    run_dir: runs/my-run
+    seed: 1234
+    data:     {speech_dirs: [...], noise_dirs: [...], segment_seconds: 4.0, ...}
+    augment:  {snr_db: [-5, 20], level: [0.01, 0.51], p_reverb: 0.2, ...}
+    optim:    {lr: 1.0e-3, clip_grad_norm: 3.0, schedule: plateau, ...}
+    train:    {batch_size: 16, steps_per_epoch: 500, max_steps: 100000, ...}
+    model:    {}   # GTCRNConfig fields
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+DEFAULT_SHARED = Path(os.environ.get("VOIPFILTER_SHARED", REPO.parent / "shared"))
+
+
+@dataclass
+class DataConfig:
+    speech_dirs: list[str] = field(default_factory=lambda: [str(DEFAULT_SHARED / "data" / "speech")])
+    noise_dirs: list[str] = field(default_factory=lambda: [str(DEFAULT_SHARED / "data" / "noise")])
+    # Pre-mixed pair folders (each with noisy/ and clean/); every pair is checked.
+    pair_dirs: list[str] = field(default_factory=list)
+    # Share of training items drawn from pair_dirs when both kinds are given.
+    pair_fraction: float = 0.0
+    sample_rate: int = 16000
+    segment_seconds: float = 4.0
+    # Validation: a share of files held out by file (fixed seed), and a fixed mix count.
+    val_fraction_speech: float = 0.06
+    val_fraction_noise: float = 0.08
+    val_items: int = 48
+    val_segment_seconds: float = 4.0
+    val_seed: int = 20240
+    # A segment whose active speech is below this share of its length is redrawn.
+    min_active_fraction: float = 0.3
+    # Weight of each speech file when drawing: "file" (uniform over files) or "duration".
+    speech_weighting: str = "file"
+    num_workers: int = 1
+
+
+@dataclass
+class AugmentConfig:
+    snr_db: list[float] = field(default_factory=lambda: [-5.0, 20.0])
+    level: list[float] = field(default_factory=lambda: [0.01, 0.51])  # peak of the noisy mix
+    p_reverb: float = 0.2
+    rt60: list[float] = field(default_factory=lambda: [0.2, 0.8])
+    early_ms: float = 50.0  # target keeps the direct path and this much of early reflections
+    rir_bank_size: int = 200
+    rir_bank_seed: int = 7
+    p_bandlimit: float = 0.1  # low-pass both sides (narrowband / wideband call)
+    bandlimit_hz: list[float] = field(default_factory=lambda: [4000.0, 7000.0])
+    p_codec: float = 0.1  # noisy side only, delay compensated
+    codecs: list[str] = field(default_factory=lambda: ["g711", "g722", "opus"])
+    opus_bitrates: list[int] = field(default_factory=lambda: [12000, 16000, 24000, 32000])
+    p_gain: float = 0.2  # slow gain envelope on speech (both sides) and on noise
+    gain_db: float = 6.0
+    p_two_noises: float = 0.2
+    p_clean: float = 0.03  # no noise at all: the model must leave clean speech alone
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1.0e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.0
+    clip_grad_norm: float = 3.0
+    schedule: str = "plateau"  # "plateau" (halve on plateau) or "cosine"
+    warmup_steps: int = 500
+    # cosine
+    total_steps: int = 100_000
+    min_lr_ratio: float = 0.05
+    # plateau, judged on validation loss once per epoch
+    plateau_factor: float = 0.5
+    plateau_patience: int = 4
+    min_lr: float = 1.0e-5
+
+
+@dataclass
+class LossConfig:
+    compress: float = 0.3
+    w_complex: float = 30.0
+    w_mag: float = 70.0
+    w_sisnr: float = 0.1  # multiplies -SI-SNR in dB (i.e. SI-SNR / 10)
+    sisnr_cap_db: float = 60.0
+
+
+@dataclass
+class TrainSection:
+    batch_size: int = 16
+    steps_per_epoch: int = 500
+    max_steps: int = 1_000_000
+    max_epochs: int = 0  # 0: no limit besides max_steps
+    checkpoint_every_steps: int = 100  # rolling last.pt between epochs
+    log_every_steps: int = 20
+    audio_samples: int = 3
+    threads: int = 2
+    device: str = "auto"  # auto: cuda when torch sees one, else cpu
+    best_metric: str = "pesq"  # pesq | stoi | si_sdr | loss
+
+
+@dataclass
+class TrainConfig:
+    run_dir: str = "runs/default"
+    seed: int = 1234
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainSection = field(default_factory=TrainSection)
+    model: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_SECTIONS = {
+    "data": DataConfig,
+    "augment": AugmentConfig,
+    "optim": OptimConfig,
+    "loss": LossConfig,
+    "train": TrainSection,
+}
+
+
+def _build(cls, values: dict[str, Any], where: str):
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise ValueError(f"unknown key(s) {sorted(unknown)} in [{where}]; valid: {sorted(names)}")
+    return cls(**values)
+
+
+def from_dict(d: dict[str, Any], base_dir: Path | None = None) -> TrainConfig:
+    d = dict(d or {})
+    kwargs: dict[str, Any] = {}
+    for name, cls in _SECTIONS.items():
+        kwargs[name] = _build(cls, dict(d.pop(name, None) or {}), name)
+    kwargs["model"] = dict(d.pop("model", None) or {})
+    top = {f.name for f in fields(TrainConfig)} - set(_SECTIONS) - {"model"}
+    unknown = set(d) - top
+    if unknown:
+        raise ValueError(f"unknown top-level key(s) {sorted(unknown)}; valid: {sorted(top | set(_SECTIONS) | {'model'})}")
+    kwargs.update(d)
+    cfg = TrainConfig(**kwargs)
+    if base_dir is not None:
+        resolve_paths(cfg, base_dir)
+    return cfg
+
+
+def _resolve(p: str, base: Path) -> str:
+    p = os.path.expanduser(os.path.expandvars(p))
+    path = Path(p)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def resolve_paths(cfg: TrainConfig, base: Path) -> None:
+    """Data paths relative to ``base`` (the config file's folder)."""
+    cfg.data.speech_dirs = [_resolve(p, base) for p in cfg.data.speech_dirs]
+    cfg.data.noise_dirs = [_resolve(p, base) for p in cfg.data.noise_dirs]
+    cfg.data.pair_dirs = [_resolve(p, base) for p in cfg.data.pair_dirs]
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() == ".toml":
+        import tomllib
+
+        raw = tomllib.loads(text)
+    else:
+        import yaml
+
+        raw = yaml.safe_load(text) or {}
+    cfg = from_dict(raw, base_dir=path.resolve().parent)
+    # run_dir: relative to the working directory (where the command runs), as people expect.
+    cfg.run_dir = os.path.expanduser(os.path.expandvars(cfg.run_dir))
+    return cfg
+
+
+def replace(cfg: TrainConfig, **sections: dict[str, Any]) -> TrainConfig:
+    """A copy with some fields of some sections changed: replace(cfg, train={'batch_size': 2})."""
+    out = from_dict(cfg.to_dict())
+    for name, changes in sections.items():
+        if name in _SECTIONS:
+            setattr(out, name, dataclasses.replace(getattr(out, name), **changes))
+        else:
+            setattr(out, name, changes)
+    return out
