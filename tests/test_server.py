@@ -472,11 +472,10 @@ async def test_shutdown_closes_every_peer_connection(identity_model, caplog):
         calls = list(srv.calls_of(app).values())
         assert len(calls) == 2
         await wait_for(lambda: all(len(c.received) > 20 for c in callers), 10, "audio on both calls")
-        from voipfilter.ice import current_restriction
-
-        assert current_restriction() is not None  # --loopback-ice in force while serving
+        restriction = app[srv.APP_KEY_STATE]["ice_restore"]
+        assert restriction.active  # --loopback-ice in force while serving
         await client.close()  # runs on_shutdown, then on_cleanup
-        assert current_restriction() is None  # ... and lifted with the app
+        assert not restriction.active  # ... and lifted with the app
         assert srv.calls_of(app) == {}
         assert all(c.pc.connectionState == "closed" for c in calls)
         assert all(c.closed and c.end_reason == "shutdown" for c in calls)
