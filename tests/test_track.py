@@ -92,6 +92,9 @@ def test_public_name_and_kind(models):
     assert track.delay_ms == pytest.approx(1000 * 1631 / 48000)  # 48 kHz before any frame
     with pytest.raises(ValueError):
         NoiseSuppressionTrack(src, model=models["identity"], atten_lim_db=-3)
+    # one model (one onnxruntime session) for every track of the process; state per track
+    other = NoiseSuppressionTrack(FakeSource([]), model=str(models["identity"]))
+    assert other.model is track.model
 
 
 def test_missing_model_fails_at_construction(tmp_path):

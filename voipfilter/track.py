@@ -677,7 +677,8 @@ class NoiseSuppressionTrack(MediaStreamTrack):
     # ------------------------------------------------------------------------- stats
     def stats(self) -> dict[str, Any]:
         """A snapshot of what this track has done (cheap; safe to call any time)."""
-        proc = np.array(self._proc, dtype=np.float64) * 1000.0
+        # deque.copy() runs in C under the GIL: safe while a worker thread appends
+        proc = np.fromiter(self._proc.copy(), dtype=np.float64) * 1000.0
         chain = self._chain
         if chain is None:
             mode = "idle"
