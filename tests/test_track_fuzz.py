@@ -145,7 +145,7 @@ def check_invariants(frames, out, track):
     assert st_["frames_dropped"] == 0
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=150)
 @given(specs=st.lists(frame_spec, min_size=1, max_size=25), offload=st.booleans(), seed=st.integers(0, 2**16))
 def test_recv_never_raises_and_frames_keep_invariants(identity_model, specs, offload, seed):
     rng = np.random.default_rng(seed)
@@ -154,7 +154,7 @@ def test_recv_never_raises_and_frames_keep_invariants(identity_model, specs, off
     check_invariants(frames, out, track)
 
 
-@SETTINGS
+@settings(SETTINGS, max_examples=150)
 @given(specs=st.lists(frame_spec, min_size=1, max_size=25), seed=st.integers(0, 2**16))
 def test_flaky_denoiser_never_breaks_the_stream(specs, seed):
     rng = np.random.default_rng(seed)

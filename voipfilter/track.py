@@ -396,7 +396,11 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                 t0 = time.perf_counter()
                 now = loop.time()
                 self._n_in += 1
-                if not self._keep(frame, now, now - t_wait):
+                try:
+                    keep = self._keep(frame, now, now - t_wait)
+                except Exception:  # not an audio frame we can time: never drop it
+                    keep = True
+                if not keep:
                     self._n_dropped += 1
                     self._drop_pending = True
                     self._loop_max = max(self._loop_max, time.perf_counter() - t0)
