@@ -10,12 +10,10 @@ or echoes it. The "cleaner" test uses the real upstream model (fixture ``upstrea
 from __future__ import annotations
 
 import asyncio
-import fractions
 import logging
 import time
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
