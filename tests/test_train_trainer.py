@@ -144,3 +144,28 @@ def test_default_config_loads_and_points_at_shared_data():
     assert cfg.optim.clip_grad_norm == 3.0 and cfg.optim.lr <= 2e-3
     assert cfg.data.speech_dirs[0].endswith("shared/data/speech")
     assert all("/dev" not in p for p in cfg.data.speech_dirs + cfg.data.noise_dirs)
+
+
+def test_plateau_schedule_halves_only_after_patience():
+    from voipfilter.train.config import OptimConfig
+    from voipfilter.train.trainer import LRSchedule
+
+    s = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=10, schedule="plateau", plateau_patience=2, plateau_factor=0.5))
+    assert s.lr(0) == pytest.approx(1e-4) and s.lr(9) == pytest.approx(1e-3)
+    lowered = [s.epoch_end(v) for v in [10.0, 9.0, 9.5, 8.0, 7.0, 6.5, 6.0]]  # improving: never lowered
+    assert not any(lowered) and s.factor == 1.0
+    lowered = [s.epoch_end(v) for v in [6.1, 6.2, 6.3]]  # three bad epochs > patience 2
+    assert lowered == [False, False, True] and s.lr(100) == pytest.approx(5e-4)
+    s2 = LRSchedule(OptimConfig(schedule="plateau"))
+    s2.load_state_dict(s.state_dict())
+    assert s2.lr(100) == s.lr(100)
+
+
+def test_cosine_schedule():
+    from voipfilter.train.config import OptimConfig
+    from voipfilter.train.trainer import LRSchedule
+
+    s = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=100, schedule="cosine", total_steps=1100, min_lr_ratio=0.1))
+    assert s.lr(99) == pytest.approx(1e-3)
+    assert s.lr(600) == pytest.approx(0.55e-3)
+    assert s.lr(5000) == pytest.approx(1e-4)

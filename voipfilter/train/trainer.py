@@ -83,7 +83,7 @@ class LRSchedule:
         """Plateau bookkeeping; True when the rate was just lowered."""
         if self.c.schedule != "plateau" or not math.isfinite(val_loss):
             return False
-        if val_loss < self.best - 1e-4 * abs(self.best):
+        if not math.isfinite(self.best) or val_loss < self.best - 1e-4 * abs(self.best):
             self.best = val_loss
             self.bad_epochs = 0
             return False
