@@ -150,13 +150,14 @@ def test_plateau_schedule_halves_only_after_patience():
     from voipfilter.train.config import OptimConfig
     from voipfilter.train.trainer import LRSchedule
 
-    s = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=10, schedule="plateau", plateau_patience=2, plateau_factor=0.5))
+    oc = OptimConfig(lr=1e-3, warmup_steps=10, schedule="plateau", plateau_patience=2, plateau_factor=0.5)
+    s = LRSchedule(oc)
     assert s.lr(0) == pytest.approx(1e-4) and s.lr(9) == pytest.approx(1e-3)
     lowered = [s.epoch_end(v) for v in [10.0, 9.0, 9.5, 8.0, 7.0, 6.5, 6.0]]  # improving: never lowered
     assert not any(lowered) and s.factor == 1.0
     lowered = [s.epoch_end(v) for v in [6.1, 6.2, 6.3]]  # three bad epochs > patience 2
     assert lowered == [False, False, True] and s.lr(100) == pytest.approx(5e-4)
-    s2 = LRSchedule(OptimConfig(schedule="plateau"))
+    s2 = LRSchedule(oc)
     s2.load_state_dict(s.state_dict())
     assert s2.lr(100) == s.lr(100)
 
