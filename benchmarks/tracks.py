@@ -36,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from voipfilter.bench import cpu_name
+
 RATE = 48000
 FRAME = 960  # 20 ms
 FRAME_S = FRAME / RATE
@@ -49,16 +51,6 @@ def pin_one_core(core: int | None) -> int | None:
     core = cores[-1] if core is None else core
     os.sched_setaffinity(0, {core})
     return core
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cpu_seconds() -> float:

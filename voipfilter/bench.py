@@ -223,7 +223,7 @@ def bench(
             "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__,
             "numpy": np.__version__,
-            "cpu": _cpu_name(),
+            "cpu": cpu_name(),
             "machine": platform.machine(),
         },
     }
@@ -238,7 +238,7 @@ def bench(
     return result
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

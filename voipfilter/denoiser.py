@@ -33,9 +33,22 @@ from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
 from .stft import StreamingAnalysis, StreamingSynthesis
 
-__all__ = ["Denoiser", "ModelStepError", "SUPPORTED_RATES"]
+__all__ = ["Denoiser", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
 
 RAMP_SECONDS = 0.010
+
+
+def check_atten_lim_db(value: float | None) -> float | None:
+    """Validate a suppression limit: None (no limit) or a number of dB >= 0."""
+    if value is None:
+        return None
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}") from None
+    if np.isnan(v) or v < 0:
+        raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}")
+    return v
 
 
 class ModelStepError(RuntimeError):
@@ -202,7 +215,7 @@ class Denoiser:
         self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
         self._resampling = self.sample_rate != self.model.sample_rate
         self._ramp_step = 1.0 / max(1, round(RAMP_SECONDS * self.sample_rate))
-        self._atten_lim_db = self._check_atten(atten_lim_db)
+        self._atten_lim_db = check_atten_lim_db(atten_lim_db)
         self._enabled = bool(enabled)
         self._mix = self._target_mix()
         self.reset()
@@ -237,19 +250,7 @@ class Denoiser:
 
     @atten_lim_db.setter
     def atten_lim_db(self, value: float | None) -> None:
-        self._atten_lim_db = self._check_atten(value)
-
-    @staticmethod
-    def _check_atten(value: float | None) -> float | None:
-        if value is None:
-            return None
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}") from None
-        if np.isnan(v) or v < 0:
-            raise ValueError(f"atten_lim_db must be None or a number >= 0, got {value!r}")
-        return v
+        self._atten_lim_db = check_atten_lim_db(value)
 
     def _target_mix(self) -> float:
         if not self._enabled:

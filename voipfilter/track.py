@@ -35,11 +35,11 @@ except ImportError as exc:  # pragma: no cover
 
 import av
 
+from .denoiser import SUPPORTED_RATES, check_atten_lim_db
+
 __all__ = ["NoiseSuppressionTrack", "SUPPORTED_RATES"]
 
 logger = logging.getLogger("voipfilter.track")
-
-SUPPORTED_RATES = (8000, 16000, 24000, 32000, 44100, 48000)
 
 DIP_MS = 5.0  # fade out / fade in around a splice (pts jump, dropped frames)
 DECLICK_MS = 5.0  # ramp that removes a step when the output path changes abruptly
@@ -329,10 +329,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
 
     @atten_lim_db.setter
     def atten_lim_db(self, value: float | None) -> None:
-        if value is not None:
-            value = float(value)
-            if math.isnan(value) or value < 0:
-                raise ValueError(f"atten_lim_db must be None or >= 0 dB, got {value}")
+        value = check_atten_lim_db(value)
         self._atten_lim_db = value
 
     def reset(self) -> None:
