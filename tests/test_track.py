@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import require_module
-from trackutil import FakeSource, LiveSource, Tap, drain, frames_of, make_frame, out_mono
+from trackutil import FakeSource, LiveSource, Tap, assert_invariants, drain, frames_of, make_frame, out_mono
 
 aiortc = pytest.importorskip("aiortc")
 from aiortc.contrib.media import MediaPlayer, MediaRecorder, MediaRelay  # noqa: E402
@@ -68,16 +68,6 @@ async def run_offline(frames, **kw) -> tuple[NoiseSuppressionTrack, list]:
     track = NoiseSuppressionTrack(FakeSource(frames), **kw)
     out = await drain(track)
     return track, out
-
-
-def assert_invariants(inp, out):
-    assert len(out) == len(inp)
-    for i, o in zip(inp, out):
-        assert o.format.name == "s16"
-        assert o.samples == i.samples
-        assert o.sample_rate == i.sample_rate
-        assert o.pts == i.pts
-        assert o.time_base == i.time_base
 
 
 # --------------------------------------------------------------------------- API, frames, delay

@@ -179,3 +179,14 @@ async def drain(track, limit: int | None = None, timeout: float = 30.0) -> list[
 
     await asyncio.wait_for(_go(), timeout)
     return out
+
+
+def assert_invariants(inp, out) -> None:
+    """One s16 output frame per input frame, with the input's size, rate, pts and time_base."""
+    assert len(out) == len(inp)
+    for i, o in zip(inp, out):
+        assert o.format.name == "s16"
+        assert o.samples == i.samples
+        assert o.sample_rate == i.sample_rate
+        assert o.pts == i.pts
+        assert o.time_base == i.time_base
