@@ -79,46 +79,24 @@ def test_model_load_is_cached_per_path(identity_path):
     assert all(m is a for m in results)
 
 
+GOOD_METADATA = {
+    "voipfilter.format": "1", "sample_rate": "16000", "n_fft": "512", "hop": "256",
+    "window": "sqrt_hann_periodic", "state_names": '["h"]', "state_shapes": "[[-1, 4]]",
+    "model_name": "x",
+}
+
+
 @pytest.mark.parametrize(
     "metadata,match",
     [
         (None, "metadata lacks"),
         ({"voipfilter.format": "1"}, "metadata lacks"),
-        (
-            {"voipfilter.format": "2", "sample_rate": "16000", "n_fft": "512", "hop": "256",
-             "window": "sqrt_hann_periodic", "state_names": '["h"]', "state_shapes": "[[-1, 4]]",
-             "model_name": "x"},
-            "voipfilter.format",
-        ),
-        (
-            {"voipfilter.format": "1", "sample_rate": "16k", "n_fft": "512", "hop": "256",
-             "window": "sqrt_hann_periodic", "state_names": '["h"]', "state_shapes": "[[-1, 4]]",
-             "model_name": "x"},
-            "integers",
-        ),
-        (
-            {"voipfilter.format": "1", "sample_rate": "16000", "n_fft": "512", "hop": "256",
-             "window": "hann", "state_names": '["h"]', "state_shapes": "[[-1, 4]]", "model_name": "x"},
-            "window",
-        ),
-        (
-            {"voipfilter.format": "1", "sample_rate": "16000", "n_fft": "512", "hop": "256",
-             "window": "sqrt_hann_periodic", "state_names": '["g"]', "state_shapes": "[[-1, 4]]",
-             "model_name": "x"},
-            "inputs are",
-        ),
-        (
-            {"voipfilter.format": "1", "sample_rate": "16000", "n_fft": "512", "hop": "256",
-             "window": "sqrt_hann_periodic", "state_names": '["h"]', "state_shapes": "[[-1, 5]]",
-             "model_name": "x"},
-            "metadata says",
-        ),
-        (
-            {"voipfilter.format": "1", "sample_rate": "16000", "n_fft": "512", "hop": "256",
-             "window": "sqrt_hann_periodic", "state_names": "h", "state_shapes": "[[-1, 4]]",
-             "model_name": "x"},
-            "JSON",
-        ),
+        ({**GOOD_METADATA, "voipfilter.format": "2"}, "voipfilter.format"),
+        ({**GOOD_METADATA, "sample_rate": "16k"}, "integers"),
+        ({**GOOD_METADATA, "window": "hann"}, "window"),
+        ({**GOOD_METADATA, "state_names": '["g"]'}, "inputs are"),
+        ({**GOOD_METADATA, "state_shapes": "[[-1, 5]]"}, "metadata says"),
+        ({**GOOD_METADATA, "state_names": "h"}, "JSON"),
     ],
 )
 def test_bad_metadata_raises_value_error_naming_the_file(model_dir, metadata, match):
