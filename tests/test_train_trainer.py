@@ -170,3 +170,42 @@ def test_cosine_schedule():
     assert s.lr(99) == pytest.approx(1e-3)
     assert s.lr(600) == pytest.approx(0.55e-3)
     assert s.lr(5000) == pytest.approx(1e-4)
+
+
+def test_wsd_schedule():
+    from voipfilter.train.config import OptimConfig
+    from voipfilter.train.trainer import LRSchedule
+
+    s = LRSchedule(OptimConfig(lr=1e-3, warmup_steps=100, schedule="wsd", decay_start=1000, total_steps=2000,
+                               min_lr_ratio=0.1))
+    assert s.lr(49) == pytest.approx(0.5e-3)
+    assert s.lr(100) == s.lr(999) == s.lr(1000) == pytest.approx(1e-3)  # stable until the decay starts
+    assert s.lr(1500) == pytest.approx(0.55e-3)
+    assert s.lr(2000) == s.lr(9000) == pytest.approx(1e-4)
+    assert not s.epoch_end(1.0) and not s.epoch_end(2.0)  # no plateau halving in wsd
+    with pytest.raises(ValueError, match="decay_start"):
+        LRSchedule(OptimConfig(schedule="wsd", warmup_steps=100, decay_start=50, total_steps=2000))
+
+
+def test_resume_into_a_cooldown(tmp_path):
+    """A constant-rate run resumed with a wsd schedule: same steps until the decay, logged
+    config change, branch checkpoint at the decay start, falling rate after it."""
+    cfg = tiny_config(tmp_path)
+    cfg["data"]["val_items"] = 0
+    part = _trainer(cfg, tmp_path / "run")
+    part.prepare(resume=False)
+    part.fit(max_steps=2)
+    part.close()
+    cfg["optim"].update(schedule="wsd", decay_start=3, total_steps=6, min_lr_ratio=0.1)
+    cool = _trainer(cfg, tmp_path / "run")
+    cool.prepare(resume=True)
+    logs = cool.fit(max_steps=6)
+    cool.close()
+    log_text = (tmp_path / "run/train.log").read_text()
+    assert "config changed since the checkpoint: optim.schedule: 'constant' -> 'wsd'" in log_text
+    lrs = [r["lr"] for r in logs]  # updates 3..6 use lr(2)..lr(5)
+    assert lrs[:2] == [pytest.approx(3e-3)] * 2 and lrs[3] < lrs[2] < lrs[1]
+    assert lrs == [pytest.approx(cool.sched.lr(s)) for s in range(2, 6)]
+    branch = tmp_path / "run/checkpoints/decay_start_3.pt"
+    assert branch.exists()
+    assert torch.load(branch, weights_only=False)["step"] == 3

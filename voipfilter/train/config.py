@@ -75,11 +75,15 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.0
     clip_grad_norm: float = 3.0
-    schedule: str = "plateau"  # "plateau" (halve on plateau) or "cosine"
+    schedule: str = "plateau"  # "plateau" (halve on plateau), "cosine", "wsd" or "constant"
     warmup_steps: int = 500
-    # cosine
+    # cosine: decay from the end of warm-up to total_steps, down to lr x min_lr_ratio.
+    # wsd (warm-up, stable, decay): constant lr until decay_start, then the same cosine
+    # shape from decay_start to total_steps; a long run can be cooled down late, and the
+    # checkpoint at decay_start is kept for branching another cool-down.
     total_steps: int = 100_000
     min_lr_ratio: float = 0.05
+    decay_start: int = 0
     # plateau, judged on validation loss once per epoch
     plateau_factor: float = 0.5
     plateau_patience: int = 4

@@ -13,7 +13,7 @@ What one step does (the seed questions, answered by this code):
 
 Run folder (``run_dir``)::
 
-    config.yaml            the resolved configuration
+    config.yaml            the resolved configuration in force (rewritten on resume)
     split.json             the files held out for validation
     train.log              text log (also printed)
     metrics.jsonl          one JSON line per log interval and per validation
@@ -60,21 +60,25 @@ KEEP_EPOCH_SNAPSHOTS = 3
 
 # --------------------------------------------------------------------------- schedule
 class LRSchedule:
-    """Linear warm-up, then cosine decay or halving on plateau; exact state_dict."""
+    """Linear warm-up, then cosine decay, warm-up-stable-decay, or halving on plateau."""
 
     def __init__(self, optim_cfg):
         self.c = optim_cfg
         self.factor = 1.0  # plateau factor
         self.best = math.inf
         self.bad_epochs = 0
-        if self.c.schedule not in ("plateau", "cosine", "constant"):
-            raise ValueError(f"optim.schedule must be plateau, cosine or constant, got {self.c.schedule!r}")
+        if self.c.schedule not in ("plateau", "cosine", "wsd", "constant"):
+            raise ValueError(f"optim.schedule must be plateau, cosine, wsd or constant, got {self.c.schedule!r}")
+        if self.c.schedule == "wsd" and not (self.c.warmup_steps <= self.c.decay_start < self.c.total_steps):
+            raise ValueError(f"optim.schedule wsd needs warmup_steps <= decay_start < total_steps, got "
+                             f"{self.c.warmup_steps}, {self.c.decay_start}, {self.c.total_steps}")
 
     def lr(self, step: int) -> float:
         c = self.c
         warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps > 0 else 1.0
-        if c.schedule == "cosine":
-            t = min(1.0, max(0.0, (step - c.warmup_steps) / max(1, c.total_steps - c.warmup_steps)))
+        if c.schedule in ("cosine", "wsd"):
+            start = c.decay_start if c.schedule == "wsd" else c.warmup_steps
+            t = min(1.0, max(0.0, (step - start) / max(1, c.total_steps - start)))
             shape = c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
             return c.lr * warm * shape
         return max(c.lr * self.factor, c.min_lr if self.factor < 1 else 0.0) * warm
@@ -102,6 +106,18 @@ class LRSchedule:
 
 
 # --------------------------------------------------------------------------- helpers
+def config_changes(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every setting that differs between two config dicts."""
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: {a!r} -> {b!r}")
+    return out
+
+
 def collate(batch):
     noisy = torch.from_numpy(np.stack([b[0] for b in batch]))
     clean = torch.from_numpy(np.stack([b[1] for b in batch]))
@@ -201,6 +217,8 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
         self.best_score = float(ckpt["best_score"])
         set_rng_state(ckpt["rng"])
+        for change in config_changes(ckpt.get("train_config") or {}, self.cfg.to_dict()):
+            log.info("config changed since the checkpoint: %s", change)
         if ckpt.get("data_position") != self.step * self.cfg.train.batch_size:
             raise ValueError(f"{path}: data position {ckpt.get('data_position')} does not match step {self.step} "
                              f"x batch {self.cfg.train.batch_size} (batch size changed since?)")
@@ -365,11 +383,12 @@ class Trainer:
             log.info("resumed from %s at step %d (epoch %d, data position %d)", last, self.step, self.epoch,
                      self.step * self.cfg.train.batch_size)
         else:
-            import yaml
-
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
             log.info("new run in %s; model %d learnable parameters; device %s; %d threads", self.run_dir,
                      count_parameters(self.model), self.device, torch.get_num_threads())
+        import yaml
+
+        # the configuration in force now (changes on resume are in the log, see load())
+        (self.run_dir / "config.yaml").write_text(yaml.safe_dump(self.cfg.to_dict(), sort_keys=False))
         t0 = time.time()
         self.data = build_data(self.cfg.data, self.cfg.augment, self.cfg.seed, log_fn=log.info)
         d = self.data
@@ -447,6 +466,12 @@ class Trainer:
                     if not self.progress:
                         log.info("step %d  %s", self.step, _fmt(avg))
                     acc, n_acc, t_log, step_log = {}, 0, now, self.step
+                if self.cfg.optim.schedule == "wsd" and self.step == self.cfg.optim.decay_start:
+                    path = self.save_last()
+                    branch = self.ckpt_dir / f"decay_start_{self.step}.pt"
+                    branch.write_bytes(path.read_bytes())
+                    log.info("learning-rate decay starts: full state kept in %s (copy it to another run's "
+                             "checkpoints/last.pt to branch a different cool-down)", branch)
                 if self.step % t.steps_per_epoch == 0:
                     self.end_epoch()
                 elif t.checkpoint_every_steps and self.step % t.checkpoint_every_steps == 0:
