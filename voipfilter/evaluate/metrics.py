@@ -38,6 +38,8 @@ def pesq_wb(ref: np.ndarray, est: np.ndarray, sr: int = 16000) -> float:
     from pesq import PesqError
 
     ref, est = _pair(ref, est)
+    if not (np.any(ref) and np.any(est)):  # all zeros: no speech (pesq would divide by 0)
+        return math.nan
     try:
         return float(pesq(sr, ref, est, "wb"))
     except PesqError:
