@@ -146,6 +146,31 @@ def test_default_config_loads_and_points_at_shared_data():
     assert all("/dev" not in p for p in cfg.data.speech_dirs + cfg.data.noise_dirs)
 
 
+def test_config_extends_another(tmp_path):
+    from voipfilter.train.config import REPO, load_config
+
+    (tmp_path / "base").mkdir()
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "base/base.yaml").write_text(
+        "run_dir: runs/a\ndata: {speech_dirs: [sp], segment_seconds: 3.0}\noptim: {lr: 2.0e-3, decay_start: 10}\n")
+    (tmp_path / "runs/b.toml").write_text(
+        'extends = "../base/base.yaml"\nrun_dir = "runs/b"\n[optim]\ndecay_start = 50\n[data]\nnoise_dirs = ["no"]\n')
+    cfg = load_config(tmp_path / "runs/b.toml")
+    assert cfg.run_dir == "runs/b" and cfg.optim.lr == 2e-3 and cfg.optim.decay_start == 50
+    assert cfg.data.segment_seconds == 3.0
+    assert cfg.data.speech_dirs == [str(tmp_path / "base/sp")]  # relative to the base file
+    assert cfg.data.noise_dirs == [str(tmp_path / "runs/no")]  # relative to the extending file
+    (tmp_path / "base/base.yaml").write_text("extends: ../runs/b.toml\n")
+    with pytest.raises(ValueError, match="extends itself"):
+        load_config(tmp_path / "runs/b.toml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        load_config(tmp_path / "c.yaml")
+    # the v2 run's file is default.yaml plus its own keys
+    v1, v2 = load_config(REPO / "configs/default.yaml"), load_config(REPO / "configs/gtcrn-v2.yaml")
+    assert v2.run_dir == "runs/gtcrn-v2" and v2.augment == v1.augment and v2.optim.decay_start == 30000
+
+
 def test_plateau_schedule_halves_only_after_patience():
     from voipfilter.train.config import OptimConfig
     from voipfilter.train.trainer import LRSchedule
@@ -209,3 +234,59 @@ def test_resume_into_a_cooldown(tmp_path):
     branch = tmp_path / "run/checkpoints/decay_start_3.pt"
     assert branch.exists()
     assert torch.load(branch, weights_only=False)["step"] == 3
+
+
+def test_ema_of_the_weights(tmp_path):
+    """optim.ema_decay: the average follows w_avg = d·w_avg + (1−d)·w after each update, is what
+    validation scores and best.pt holds, and survives stop + resume exactly."""
+    from voipfilter.nn.checkpoint import load_checkpoint
+
+    cfg = tiny_config(tmp_path)
+    cfg["optim"]["ema_decay"] = 0.5
+    tr = _trainer(cfg, tmp_path / "run")
+    tr.prepare(resume=False)
+    noisy, clean = (torch.from_numpy(np.stack(a)) for a in zip(*[tr.data.train[i] for i in range(2)]))
+    name = next(n for n, p in tr.model.named_parameters() if p.requires_grad)
+    weights = []
+    for _ in range(3):
+        tr.train_step(noisy, clean)
+        weights.append(dict(tr.model.named_parameters())[name].detach().clone())
+    expect = weights[0]  # the first update copies, later ones blend
+    for w in weights[1:]:
+        expect = 0.5 * expect + 0.5 * w
+    ema = dict(tr.ema.module.named_parameters())[name]
+    assert torch.allclose(ema, expect, atol=1e-7) and not torch.allclose(ema, weights[-1])
+    tr.fit(max_steps=4)  # one epoch: validation of both, best.pt from the average
+    tr.close()
+    best, _, meta = load_checkpoint(tmp_path / "run/checkpoints/best.pt")
+    assert meta["weights"] == "EMA (decay 0.5)"
+    for k, v in best.state_dict().items():
+        assert torch.equal(v, tr.ema.module.state_dict()[k]), k
+    val = [json.loads(s) for s in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    val = [r for r in val if r["kind"] == "val"][-1]
+    assert {"pesq", "raw_pesq", "loss", "raw_loss"} <= set(val) and val["loss"] != val["raw_loss"]
+
+    # stop + resume keeps the average exact; a run without one starts it at the resumed step
+    full = _trainer(cfg, tmp_path / "full")
+    full.prepare(resume=False)
+    full.fit(max_steps=6)
+    full.close()
+    no_ema = {**cfg, "optim": {**cfg["optim"], "ema_decay": 0.0}}
+    part = _trainer(no_ema, tmp_path / "part")
+    part.prepare(resume=False)
+    part.fit(max_steps=2)
+    part.close()
+    again = _trainer(cfg, tmp_path / "part")
+    again.prepare(resume=True)
+    assert "EMA of the weights (decay 0.5) starts at step 2" in (tmp_path / "part/train.log").read_text()
+    again.fit(max_steps=3)
+    again.close()
+    again = _trainer(cfg, tmp_path / "part")
+    again.prepare(resume=True)
+    again.fit(max_steps=6)
+    again.close()
+    ema_part = torch.load(tmp_path / "part/checkpoints/last.pt", weights_only=False)["ema"]
+    ema_full = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=False)["ema"]
+    assert int(ema_part["n_averaged"]) == 4 and int(ema_full["n_averaged"]) == 6
+    with pytest.raises(ValueError, match="ema_decay"):
+        _trainer({**cfg, "optim": {**cfg["optim"], "ema_decay": 1.5}}, tmp_path / "bad")

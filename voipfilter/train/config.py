@@ -13,6 +13,10 @@ Layout of a file (all sections optional)::
     optim:    {lr: 1.0e-3, clip_grad_norm: 3.0, schedule: plateau, ...}
     train:    {batch_size: 16, steps_per_epoch: 500, max_steps: 100000, ...}
     model:    {}   # GTCRNConfig fields
+
+A file may start from another with ``extends: other.yaml`` (relative to the file): the
+sections are merged key by key, the extending file's values winning, and the base file's
+data paths keep meaning relative to the base file.
 """
 from __future__ import annotations
 
@@ -84,6 +88,10 @@ class OptimConfig:
     total_steps: int = 100_000
     min_lr_ratio: float = 0.05
     decay_start: int = 0
+    # Exponential moving average of the weights, updated every step (0: off). When on,
+    # validation, best.pt and the epoch snapshots use the average (the raw weights are
+    # validated too, as raw_*); last.pt keeps both, so resume stays exact.
+    ema_decay: float = 0.0
     # plateau, judged on validation loss once per epoch
     plateau_factor: float = 0.5
     plateau_patience: int = 4
@@ -175,8 +183,18 @@ def resolve_paths(cfg: TrainConfig, base: Path) -> None:
     cfg.data.pair_dirs = [_resolve(p, base) for p in cfg.data.pair_dirs]
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    path = Path(path)
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as a dict, with its ``extends:`` chain merged in (base paths made absolute)."""
+    path = path.resolve()
+    if path in _chain:
+        raise ValueError(f"config extends itself: {' -> '.join(str(p) for p in (*_chain, path))}")
     text = path.read_text()
     if path.suffix.lower() == ".toml":
         import tomllib
@@ -186,7 +204,27 @@ def load_config(path: str | Path) -> TrainConfig:
         import yaml
 
         raw = yaml.safe_load(text) or {}
-    cfg = from_dict(raw, base_dir=path.resolve().parent)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: expected a mapping of settings, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    parent_path = path.parent / os.path.expanduser(os.path.expandvars(str(parent)))
+    if not parent_path.is_file():
+        raise FileNotFoundError(f"{path}: extends {parent!r}, but {parent_path} does not exist")
+    base = read_raw(parent_path, (*_chain, path))
+    data = dict(base.get("data") or {})
+    for key in ("speech_dirs", "noise_dirs", "pair_dirs"):
+        if key in data:
+            data[key] = [_resolve(p, parent_path.resolve().parent) for p in data[key]]
+    if data:
+        base["data"] = data
+    return _merge(base, raw)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    cfg = from_dict(read_raw(path), base_dir=path.resolve().parent)
     # run_dir: relative to the working directory (where the command runs), as people expect.
     cfg.run_dir = os.path.expanduser(os.path.expandvars(cfg.run_dir))
     return cfg

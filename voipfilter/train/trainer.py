@@ -22,6 +22,11 @@ Run folder (``run_dir``)::
     checkpoints/epoch_NNNN.pt  per-epoch snapshots (the newest few are kept)
     tb/                    TensorBoard scalars and audio
 
+With ``optim.ema_decay`` set, an exponential moving average of the weights is kept beside
+them: validation scores the average (the raw weights appear as ``raw_*``), and best.pt
+and the epoch snapshots hold it; a run at a high constant rate gets much of a cool-down's
+gain this way without stopping its stable phase.
+
 ``--resume`` continues from ``checkpoints/last.pt``: model, optimizer, schedule, RNG
 states, step and data position (item index = step × batch) are restored, so the losses
 that follow are the ones an uninterrupted run would have produced.
@@ -43,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from voipfilter.nn.checkpoint import read_checkpoint, save_model
 from voipfilter.nn.config import GTCRNConfig
@@ -172,6 +178,7 @@ class Trainer:
         o = cfg.optim
         self.opt = torch.optim.Adam(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.sched = LRSchedule(o)
+        self.ema = self._new_ema()
         l = cfg.loss
         self.loss_fn = HybridLoss(self.model_cfg, l.compress, l.w_complex, l.w_mag, l.w_sisnr, l.sisnr_cap_db)
         self.step = 0
@@ -182,6 +189,20 @@ class Trainer:
         self._writer = None
         self.data = None
         self.val_noisy_metrics: dict[str, float] | None = None
+
+    def _new_ema(self) -> AveragedModel | None:
+        """An exponential moving average of the weights (and BatchNorm statistics), or None."""
+        decay = self.cfg.optim.ema_decay
+        if not decay:
+            return None
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"optim.ema_decay must be 0 (off) or in (0, 1), got {decay}")
+        return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+    @property
+    def scored_model(self) -> GTCRN:
+        """The weights validation scores and best.pt keeps: the average when EMA is on."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- persistence
     def state(self) -> dict[str, Any]:
@@ -194,6 +215,7 @@ class Trainer:
             "best_score": self.best_score,
             "rng": rng_state(),
             "train_config": self.cfg.to_dict(),
+            **({"ema": self.ema.state_dict()} if self.ema is not None else {}),
         }
 
     def _meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -217,6 +239,12 @@ class Trainer:
         self.epoch = int(ckpt["epoch"])
         self.best_score = float(ckpt["best_score"])
         set_rng_state(ckpt["rng"])
+        if self.ema is not None:
+            if "ema" in ckpt:
+                self.ema.load_state_dict(ckpt["ema"])
+            else:  # EMA switched on for a running run: the average starts from the weights now
+                self.ema = self._new_ema()
+                log.info("EMA of the weights (decay %g) starts at step %d", self.cfg.optim.ema_decay, self.step)
         for change in config_changes(ckpt.get("train_config") or {}, self.cfg.to_dict()):
             log.info("config changed since the checkpoint: %s", change)
         if ckpt.get("data_position") != self.step * self.cfg.train.batch_size:
@@ -264,29 +292,22 @@ class Trainer:
 
     # -- validation
     @torch.no_grad()
-    def enhance(self, noisy: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Offline enhancement of (B, N) waveforms (same framing as streaming, aligned output)."""
-        self.model.eval()
-        x = torch.as_tensor(noisy, dtype=torch.float32, device=self.device)
-        if x.dim() == 1:
-            x = x[None]
-        return istft(self.model(stft(x, self.model_cfg)), self.model_cfg, x.shape[-1]).cpu()
-
-    @torch.no_grad()
-    def validate(self) -> dict[str, float]:
+    def validate(self, net: GTCRN | None = None, audio: bool = True) -> dict[str, float]:
+        """Loss, PESQ-WB, STOI and SI-SDR of ``net`` (default: the scored weights) on the validation mixes."""
         from voipfilter.evaluate.metrics import intrusive, nanmean
 
         val = self.data.val
         if not val:
             return {}
-        self.model.eval()
+        net = net if net is not None else self.scored_model
+        net.eval()
         losses, scores = [], {"pesq": [], "stoi": [], "si_sdr": []}
         enhanced = []
         for i in range(0, len(val), 8):
             chunk = val[i : i + 8]
             noisy = torch.from_numpy(np.stack([c[0] for c in chunk])).to(self.device)
             clean = torch.from_numpy(np.stack([c[1] for c in chunk])).to(self.device)
-            enh_spec = self.model(stft(noisy, self.model_cfg))
+            enh_spec = net(stft(noisy, self.model_cfg))
             losses.append(float(self.loss_fn(enh_spec, stft(clean, self.model_cfg), noisy.shape[-1])) * len(chunk))
             enh = istft(enh_spec, self.model_cfg, noisy.shape[-1]).cpu().numpy()
             for j, c in enumerate(chunk):
@@ -304,7 +325,7 @@ class Trainer:
             self.val_noisy_metrics = {k: nanmean(v) for k, v in nm.items()}
             log.info("validation set (%d mixes), unprocessed noisy: %s", len(val), _fmt(self.val_noisy_metrics))
             self._metric_line("val_noisy", self.val_noisy_metrics)
-        w = self.writer
+        w = self.writer if audio else None
         if w is not None:
             sr = self.model_cfg.sample_rate
             for i in range(min(self.cfg.train.audio_samples, len(val))):
@@ -325,6 +346,8 @@ class Trainer:
         self.epoch += 1
         t0 = time.time()
         metrics = self.validate()
+        if self.ema is not None:  # the raw weights too, to show what the average adds
+            metrics.update({f"raw_{k}": v for k, v in self.validate(self.model, audio=False).items()})
         lowered = self.sched.epoch_end(metrics.get("loss", math.nan))
         score = self._score(metrics)
         is_best = score > self.best_score
@@ -337,13 +360,15 @@ class Trainer:
                 w.add_scalar(f"val/{k}", v, self.step)
             w.flush()
         self.save_last()
-        save_model(self.ckpt_dir / f"epoch_{self.epoch:04d}.pt", self.model, self._meta({"val": metrics}))
+        weights = f"EMA (decay {self.cfg.optim.ema_decay:g})" if self.ema is not None else "raw"
+        save_model(self.ckpt_dir / f"epoch_{self.epoch:04d}.pt", self.scored_model,
+                   self._meta({"val": metrics, "weights": weights}))
         snaps = sorted(self.ckpt_dir.glob("epoch_*.pt"))
         for old in snaps[:-KEEP_EPOCH_SNAPSHOTS]:
             old.unlink()
         if is_best:
-            save_model(self.ckpt_dir / "best.pt", self.model,
-                       self._meta({"val": metrics, "best_metric": self.cfg.train.best_metric}))
+            save_model(self.ckpt_dir / "best.pt", self.scored_model,
+                       self._meta({"val": metrics, "best_metric": self.cfg.train.best_metric, "weights": weights}))
         log.info("epoch %d step %d  val %s%s%s  (%.1f s)", self.epoch, self.step, _fmt(metrics),
                  "  *best*" if is_best else "", "  lr lowered" if lowered else "", time.time() - t0)
         return metrics
@@ -368,6 +393,8 @@ class Trainer:
         ok = bool(torch.isfinite(parts.total)) and bool(torch.isfinite(gn))
         if ok:
             self.opt.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
         self.step += 1
         return {"loss": float(parts.total.detach()), "complex": float(parts.complex), "mag": float(parts.mag),
                 "sisnr": float(parts.sisnr_db), "grad_norm": float(gn), "lr": lr, "skipped": 0.0 if ok else 1.0}
