@@ -176,11 +176,13 @@ def _resolve(p: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+PATH_KEYS = ("speech_dirs", "noise_dirs", "pair_dirs")  # the [data] lists of folders
+
+
 def resolve_paths(cfg: TrainConfig, base: Path) -> None:
     """Data paths relative to ``base`` (the config file's folder)."""
-    cfg.data.speech_dirs = [_resolve(p, base) for p in cfg.data.speech_dirs]
-    cfg.data.noise_dirs = [_resolve(p, base) for p in cfg.data.noise_dirs]
-    cfg.data.pair_dirs = [_resolve(p, base) for p in cfg.data.pair_dirs]
+    for key in PATH_KEYS:
+        setattr(cfg.data, key, [_resolve(p, base) for p in getattr(cfg.data, key)])
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -213,12 +215,9 @@ def read_raw(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not parent_path.is_file():
         raise FileNotFoundError(f"{path}: extends {parent!r}, but {parent_path} does not exist")
     base = read_raw(parent_path, (*_chain, path))
-    data = dict(base.get("data") or {})
-    for key in ("speech_dirs", "noise_dirs", "pair_dirs"):
-        if key in data:
-            data[key] = [_resolve(p, parent_path.resolve().parent) for p in data[key]]
-    if data:
-        base["data"] = data
+    if base.get("data"):
+        base["data"] = {k: [_resolve(p, parent_path.resolve().parent) for p in v] if k in PATH_KEYS else v
+                        for k, v in base["data"].items()}
     return _merge(base, raw)
 
 
