@@ -69,6 +69,8 @@ def test_items_are_deterministic_per_seed_and_index(corpus):
     {"p_codec": 1.0, "codecs": ["opus"], "opus_bitrates": [12000, 32000]},
     {"p_bandlimit": 1.0},
     {"p_gain": 1.0, "p_two_noises": 1.0},
+    {"p_speed": 1.0, "p_noise_speed": 1.0, "speed": [0.85, 1.15]},
+    {"p_eq": 1.0, "p_noise_eq": 1.0, "eq_db": 12.0},
 ])
 def test_dataset_never_yields_offset_pairs(corpus, augment):
     """Cross-correlation of noisy and clean peaks at lag 0 for every item (high SNR so the
@@ -93,6 +95,53 @@ def test_level_and_snr(corpus):
     noise = noisy.astype(np.float64) - clean
     snr = 10 * np.log10(np.sum(clean.astype(np.float64) ** 2) / np.sum(noise ** 2))
     assert abs(snr - 5.0) < 0.01
+
+
+def test_speed_change_scales_pitch_and_fills_the_segment():
+    from fractions import Fraction
+
+    n = SR
+    for factor in (Fraction(9, 10), Fraction(23, 20)):
+        x = np.sin(2 * np.pi * 500.0 * np.arange(aug.samples_for_speed(n, factor)) / SR)
+        y = aug.change_speed(x, factor, n)
+        assert len(y) == n and np.abs(y[-200:]).max() > 0.5  # filled to the end, no zero padding
+        spec = np.abs(np.fft.rfft(y * np.hanning(n)))
+        peak_hz = np.argmax(spec) * SR / n
+        assert abs(peak_hz - 500.0 * float(factor)) <= 2.0, (factor, peak_hz)
+    f = aug.speed_factor(np.random.default_rng(0), 0.9, 1.1)
+    assert 0.9 <= f <= 1.1 and f.denominator <= 40
+
+
+def test_random_eq_is_the_gain_asked_for():
+    from scipy import signal
+
+    w, h = signal.sosfreqz(aug.peaking_sos(1000.0, 6.0, 1.0), worN=[1000.0, 100.0, 7000.0], fs=SR)
+    db = 20 * np.log10(np.abs(h))
+    assert abs(db[0] - 6.0) < 1e-6 and abs(db[1]) < 0.5 and abs(db[2]) < 0.5
+    x = np.random.default_rng(1).standard_normal(SR)
+    y = aug.random_eq(x, np.random.default_rng(2), 8.0, 3)
+    assert y.shape == x.shape and np.all(np.isfinite(y)) and not np.allclose(x, y)
+    assert abs(10 * np.log10(np.mean(y ** 2) / np.mean(x ** 2))) < 3 * 8.0
+
+
+def test_source_broadening_is_for_training_items_only(corpus):
+    """Speed and EQ change training mixes but not the validation mixes, and a config
+    without them draws exactly the mixes it drew before they existed."""
+    from voipfilter.train.data import build_data
+
+    data = DataConfig(speech_dirs=[str(corpus / "speech")], noise_dirs=[str(corpus / "noise")],
+                      segment_seconds=1.0, val_segment_seconds=1.0, val_items=3,
+                      val_fraction_speech=0.4, val_fraction_noise=0.4)
+    plain = build_data(data, AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
+    broad = build_data(data, AugmentConfig(p_reverb=0.0, p_speed=1.0, p_noise_speed=1.0, p_eq=1.0, p_noise_eq=1.0),
+                       seed=5, log_fn=lambda *_: None)
+    for (n1, c1), (n2, c2) in zip(plain.val, broad.val):
+        assert np.array_equal(n1, n2) and np.array_equal(c1, c2)
+    assert not np.array_equal(plain.train[0][1], broad.train[0][1])
+    with pytest.raises(ValueError, match="p_speed"):
+        AugmentConfig(p_speed=1.5)
+    with pytest.raises(ValueError, match="speed"):
+        AugmentConfig(speed=[1.2, 0.9])
 
 
 def test_reverb_target_keeps_direct_path_timing():

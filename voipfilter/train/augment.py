@@ -3,8 +3,10 @@
 Every function takes its randomness from the ``numpy.random.Generator`` it is given, so a
 mix is a pure function of (seed, index). Nothing here may shift one side of a pair against
 the other: reverberation gives the target the same direct-path timing as the noisy side,
-band-limiting is zero-phase and applied to both sides, and codec round-trips (noisy side
-only) are re-aligned to their input by a measured lag before they are used.
+band-limiting is zero-phase and applied to both sides, codec round-trips (noisy side
+only) are re-aligned to their input by a measured lag before they are used, and the
+equaliser and speed change act on a source (speech or noise) before it is mixed, so the
+target is the very speech that went into the mix.
 """
 from __future__ import annotations
 
@@ -63,6 +65,52 @@ def lowpass(x: np.ndarray, cutoff_hz: float, sr: int = 16000, order: int = 8) ->
         return x
     sos = signal.butter(order, cutoff_hz / (sr / 2), output="sos")
     return signal.sosfiltfilt(sos, x)
+
+
+# --------------------------------------------------------------------------- equaliser, speed
+def peaking_sos(freq_hz: float, gain_db: float, q: float, sr: int = 16000) -> np.ndarray:
+    """One peaking-EQ biquad (Audio EQ Cookbook) as a second-order section."""
+    a = 10.0 ** (gain_db / 40.0)
+    w0 = 2.0 * np.pi * freq_hz / sr
+    alpha = np.sin(w0) / (2.0 * q)
+    b = [1.0 + alpha * a, -2.0 * np.cos(w0), 1.0 - alpha * a]
+    den = [1.0 + alpha / a, -2.0 * np.cos(w0), 1.0 - alpha / a]
+    return np.array([[*(np.array(b) / den[0]), 1.0, den[1] / den[0], den[2] / den[0]]])
+
+
+def random_eq(x: np.ndarray, rng: np.random.Generator, max_db: float, bands: int = 3,
+              sr: int = 16000) -> np.ndarray:
+    """A random microphone / room colouring: ``bands`` peaking filters, centre log-uniform
+    in 100 Hz-0.8 x Nyquist, gain uniform in +-max_db, Q in 0.5-2. Minimum-phase
+    (causal), as a real transducer is; it is applied to a source before mixing, so both
+    sides of a pair carry it."""
+    sos = np.concatenate([
+        peaking_sos(float(np.exp(rng.uniform(np.log(100.0), np.log(0.8 * sr / 2)))),
+                    float(rng.uniform(-max_db, max_db)), float(rng.uniform(0.5, 2.0)), sr)
+        for _ in range(bands)
+    ])
+    return signal.sosfilt(sos, x)
+
+
+def speed_factor(rng: np.random.Generator, lo: float, hi: float, denominator: int = 40) -> Fraction:
+    """A speed factor drawn uniformly in [lo, hi], as a fraction with a small denominator
+    (so the polyphase resampler stays cheap)."""
+    return Fraction(float(rng.uniform(lo, hi))).limit_denominator(denominator)
+
+
+def change_speed(x: np.ndarray, factor: Fraction, n: int) -> np.ndarray:
+    """``x`` played ``factor`` times as fast (tempo and pitch together, as a tape would),
+    cut or zero-padded to ``n`` samples. Feed it ``ceil(n * factor)`` samples to fill n.
+    Polyphase resampling with a linear-phase filter whose delay scipy removes."""
+    y = signal.resample_poly(x, factor.denominator, factor.numerator)
+    if len(y) < n:
+        y = np.concatenate([y, np.zeros(n - len(y))])
+    return y[:n]
+
+
+def samples_for_speed(n: int, factor: Fraction | None) -> int:
+    """How many input samples ``change_speed`` needs to make ``n`` output samples."""
+    return n if factor is None else int(np.ceil(n * factor)) + 1
 
 
 # --------------------------------------------------------------------------- reverberation

@@ -71,6 +71,33 @@ class AugmentConfig:
     gain_db: float = 6.0
     p_two_noises: float = 0.2
     p_clean: float = 0.03  # no noise at all: the model must leave clean speech alone
+    # Broadening of the sources (training items only: the validation mixes keep the
+    # conditions above, so runs that differ here are judged on the same mixes).
+    # Speed change (tempo and pitch, a resampling) of the speech and of the noise.
+    p_speed: float = 0.0
+    speed: list[float] = field(default_factory=lambda: [0.9, 1.1])
+    p_noise_speed: float = 0.0
+    noise_speed: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    # Random equaliser (eq_bands peaking filters of up to +-eq_db) on the speech (both
+    # sides carry it: a different voice or microphone) and, independently, on the noise.
+    p_eq: float = 0.0
+    p_noise_eq: float = 0.0
+    eq_db: float = 8.0
+    eq_bands: int = 3
+
+    def __post_init__(self) -> None:
+        for name in ("p_reverb", "p_bandlimit", "p_codec", "p_gain", "p_two_noises", "p_clean",
+                     "p_speed", "p_noise_speed", "p_eq", "p_noise_eq"):
+            p = getattr(self, name)
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"[augment] {name} is a probability, got {p!r}: use a value in 0..1")
+        for name in ("speed", "noise_speed"):
+            lo, hi = getattr(self, name)
+            if not 0.25 <= lo <= hi <= 4.0:
+                raise ValueError(f"[augment] {name} must be [low, high] speed factors with "
+                                 f"0.25 <= low <= high <= 4, got {[lo, hi]!r}")
+        if self.eq_bands < 1 or self.eq_db < 0:
+            raise ValueError(f"[augment] eq_bands must be >= 1 and eq_db >= 0, got {self.eq_bands}, {self.eq_db}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ noise files (fixed seed) is kept out of training and mixed into a fixed validati
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +107,16 @@ class Mixer:
 
     # -- pieces
     def _speech(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        a = self.aug
+        factor = aug.speed_factor(rng, *a.speed) if a.p_speed and rng.random() < a.p_speed else None
+        x = self._speech_segment(rng, aug.samples_for_speed(n, factor))
+        if factor is not None:
+            x = aug.change_speed(x, factor, n)
+        if a.p_eq and rng.random() < a.p_eq:
+            x = aug.random_eq(x, rng, a.eq_db, a.eq_bands, self.sr)
+        return x
+
+    def _speech_segment(self, rng: np.random.Generator, n: int) -> np.ndarray:
         best, best_act = None, -1.0
         for _ in range(6):
             f = self.speech[int(rng.choice(len(self.speech), p=self.speech_p))]
@@ -136,11 +147,23 @@ class Mixer:
         return tiled[start : start + n]
 
     def _noise(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        noise = self._noise_one(rng, n)
+        noise = self._noise_shaped(rng, n)
         if rng.random() < self.aug.p_two_noises:
-            other = self._noise_one(rng, n)
+            other = self._noise_shaped(rng, n)
             other = aug.scale_noise_to_snr(noise, other, float(rng.uniform(0.0, 10.0)))
             noise = noise + other
+        return noise
+
+    def _noise_shaped(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """One noise segment, with its speed changed and equalised when drawn to be."""
+        a = self.aug
+        factor = (aug.speed_factor(rng, *a.noise_speed)
+                  if a.p_noise_speed and rng.random() < a.p_noise_speed else None)
+        noise = self._noise_one(rng, aug.samples_for_speed(n, factor))
+        if factor is not None:
+            noise = aug.change_speed(noise, factor, n)
+        if a.p_noise_eq and rng.random() < a.p_noise_eq:
+            noise = aug.random_eq(noise, rng, a.eq_db, a.eq_bands, self.sr)
         return noise
 
     # -- the mix
@@ -321,7 +344,10 @@ def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: s
                                          tuple(augment.rt60), sr, rir_cache)
         mixer = Mixer(sp_tr, no_tr, data, augment, rir_bank)
         if sp_val and no_val:
-            val_mixer = Mixer(sp_val, no_val, data, augment, rir_bank)
+            # the source broadening is for training only: validation keeps the base
+            # conditions, so runs that differ in it are judged on the same mixes
+            base = dataclasses.replace(augment, p_speed=0.0, p_noise_speed=0.0, p_eq=0.0, p_noise_eq=0.0)
+            val_mixer = Mixer(sp_val, no_val, data, base, rir_bank)
     pairs = PairSource(data.pair_dirs, sr) if data.pair_dirs else None
     train = MixingDataset(mixer, data.segment_seconds, seed, pairs, data.pair_fraction, sr)
     val: list[tuple[np.ndarray, np.ndarray]] = []
