@@ -121,6 +121,39 @@ def test_run_dir_outputs_and_best_checkpoint_loads(tmp_path):
         _trainer(cfg, run).prepare(resume=False)
 
 
+def test_validate_scores_checkpoints_on_the_held_out_mixes(tmp_path, capsys):
+    """`voipfilter validate` reproduces the trainer's validation on its first val_items
+    mixes, draws more from the same held-out files, and pairs the differences."""
+    import csv
+
+    import yaml
+
+    from voipfilter.cli import main
+
+    cfg = tiny_config(tmp_path)
+    tr = _trainer(cfg, tmp_path / "run")
+    tr.prepare(resume=False)
+    tr.fit(max_steps=4)
+    tr.close()
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    ck = tmp_path / "run/checkpoints"
+    best = torch.load(ck / "best.pt", weights_only=False)["meta"]["val"]
+    capsys.readouterr()
+    assert main(["validate", "--config", str(path), "--items", "2", str(ck / "best.pt"), str(ck / "epoch_0001.pt")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    row = next(line for line in lines if line.startswith(str(ck / "best.pt"))).split()
+    assert row[1] == "4" and abs(float(row[2]) - best["loss"]) < 1e-3 and abs(float(row[3]) - best["pesq"]) < 1e-3
+    # the same weights (best.pt and the epoch snapshot of step 4): no difference at all
+    assert "+0.0000 ± 0.0000" in next(line for line in lines if line.startswith(str(ck / "epoch_0001.pt")))
+    tsv = tmp_path / "v.tsv"
+    assert main(["validate", "--config", str(path), "--items", "5", "--tsv", str(tsv), str(ck / "best.pt")]) == 0
+    rows = list(csv.DictReader(tsv.open(), delimiter="\t"))
+    assert len(rows) == 10 and {r["model"] for r in rows} == {"noisy", str(ck / "best.pt")}
+    assert main(["validate", "--config", str(path), str(tmp_path / "missing.pt")]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
 def test_cli_train_and_resume(tmp_path):
     import yaml
 

@@ -160,6 +160,44 @@ def _fmt(d: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- trainer
+@torch.no_grad()
+def score_mixes(net: GTCRN, mixes: list[tuple[np.ndarray, np.ndarray]], loss_fn: HybridLoss,
+                device: torch.device, batch: int = 8) -> tuple[float, dict[str, list[float]], list[np.ndarray]]:
+    """Mean loss, per-mix PESQ-WB / STOI / SI-SDR and the enhanced waveforms of ``net`` on
+    (noisy, clean) mixes of one length, run ``batch`` at a time (eval mode)."""
+    from voipfilter.evaluate.metrics import intrusive
+
+    cfg = net.cfg
+    net.eval()
+    loss_sum, enhanced = 0.0, []
+    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
+    for i in range(0, len(mixes), batch):
+        chunk = mixes[i : i + batch]
+        noisy = torch.from_numpy(np.stack([c[0] for c in chunk])).to(device)
+        clean = torch.from_numpy(np.stack([c[1] for c in chunk])).to(device)
+        enh_spec = net(stft(noisy, cfg))
+        loss_sum += float(loss_fn(enh_spec, stft(clean, cfg), noisy.shape[-1])) * len(chunk)
+        enh = istft(enh_spec, cfg, noisy.shape[-1]).cpu().numpy()
+        for j, c in enumerate(chunk):
+            m = intrusive(c[1], enh[j], cfg.sample_rate)
+            for k in scores:
+                scores[k].append(m[k])
+            enhanced.append(enh[j])
+    return loss_sum / max(1, len(mixes)), scores, enhanced
+
+
+def score_unprocessed(mixes: list[tuple[np.ndarray, np.ndarray]], sample_rate: int) -> dict[str, list[float]]:
+    """Per-mix PESQ-WB / STOI / SI-SDR of the noisy side itself (the floor to beat)."""
+    from voipfilter.evaluate.metrics import intrusive
+
+    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
+    for noisy, clean in mixes:
+        m = intrusive(clean, noisy, sample_rate)
+        for k in scores:
+            scores[k].append(m[k])
+    return scores
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path | None = None, device: str | None = None,
                  progress: bool | None = None):
@@ -294,34 +332,16 @@ class Trainer:
     @torch.no_grad()
     def validate(self, net: GTCRN | None = None, audio: bool = True) -> dict[str, float]:
         """Loss, PESQ-WB, STOI and SI-SDR of ``net`` (default: the scored weights) on the validation mixes."""
-        from voipfilter.evaluate.metrics import intrusive, nanmean
+        from voipfilter.evaluate.metrics import nanmean
 
         val = self.data.val
         if not val:
             return {}
         net = net if net is not None else self.scored_model
-        net.eval()
-        losses, scores = [], {"pesq": [], "stoi": [], "si_sdr": []}
-        enhanced = []
-        for i in range(0, len(val), 8):
-            chunk = val[i : i + 8]
-            noisy = torch.from_numpy(np.stack([c[0] for c in chunk])).to(self.device)
-            clean = torch.from_numpy(np.stack([c[1] for c in chunk])).to(self.device)
-            enh_spec = net(stft(noisy, self.model_cfg))
-            losses.append(float(self.loss_fn(enh_spec, stft(clean, self.model_cfg), noisy.shape[-1])) * len(chunk))
-            enh = istft(enh_spec, self.model_cfg, noisy.shape[-1]).cpu().numpy()
-            for j, c in enumerate(chunk):
-                m = intrusive(c[1], enh[j], self.model_cfg.sample_rate)
-                for k in scores:
-                    scores[k].append(m[k])
-                enhanced.append(enh[j])
-        out = {"loss": sum(losses) / len(val), **{k: nanmean(v) for k, v in scores.items()}}
+        loss, scores, enhanced = score_mixes(net, val, self.loss_fn, self.device)
+        out = {"loss": loss, **{k: nanmean(v) for k, v in scores.items()}}
         if self.val_noisy_metrics is None:
-            nm = {"pesq": [], "stoi": [], "si_sdr": []}
-            for c in val:
-                m = intrusive(c[1], c[0], self.model_cfg.sample_rate)
-                for k in nm:
-                    nm[k].append(m[k])
+            nm = score_unprocessed(val, self.model_cfg.sample_rate)
             self.val_noisy_metrics = {k: nanmean(v) for k, v in nm.items()}
             log.info("validation set (%d mixes), unprocessed noisy: %s", len(val), _fmt(self.val_noisy_metrics))
             self._metric_line("val_noisy", self.val_noisy_metrics)
