@@ -106,15 +106,21 @@ class Mixer:
         self.speech_p = w / w.sum()
 
     # -- pieces
-    def _speech(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        a = self.aug
-        factor = aug.speed_factor(rng, *a.speed) if a.p_speed and rng.random() < a.p_speed else None
-        x = self._speech_segment(rng, aug.samples_for_speed(n, factor))
+    def _shaped(self, rng: np.random.Generator, n: int, read, p_speed: float, speed: list[float],
+                p_eq: float) -> np.ndarray:
+        """``read(rng, m)`` of a source, its speed changed and equalised when drawn to be
+        (no draws at all for a probability of 0, so older configs mix exactly as before)."""
+        factor = aug.speed_factor(rng, *speed) if p_speed and rng.random() < p_speed else None
+        x = read(rng, aug.samples_for_speed(n, factor))
         if factor is not None:
             x = aug.change_speed(x, factor, n)
-        if a.p_eq and rng.random() < a.p_eq:
-            x = aug.random_eq(x, rng, a.eq_db, a.eq_bands, self.sr)
+        if p_eq and rng.random() < p_eq:
+            x = aug.random_eq(x, rng, self.aug.eq_db, self.aug.eq_bands, self.sr)
         return x
+
+    def _speech(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        a = self.aug
+        return self._shaped(rng, n, self._speech_segment, a.p_speed, a.speed, a.p_eq)
 
     def _speech_segment(self, rng: np.random.Generator, n: int) -> np.ndarray:
         best, best_act = None, -1.0
@@ -155,16 +161,8 @@ class Mixer:
         return noise
 
     def _noise_shaped(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """One noise segment, with its speed changed and equalised when drawn to be."""
         a = self.aug
-        factor = (aug.speed_factor(rng, *a.noise_speed)
-                  if a.p_noise_speed and rng.random() < a.p_noise_speed else None)
-        noise = self._noise_one(rng, aug.samples_for_speed(n, factor))
-        if factor is not None:
-            noise = aug.change_speed(noise, factor, n)
-        if a.p_noise_eq and rng.random() < a.p_noise_eq:
-            noise = aug.random_eq(noise, rng, a.eq_db, a.eq_bands, self.sr)
-        return noise
+        return self._shaped(rng, n, self._noise_one, a.p_noise_speed, a.noise_speed, a.p_noise_eq)
 
     # -- the mix
     def mix(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
