@@ -160,42 +160,35 @@ def _fmt(d: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- trainer
+def intrusive_scores(pairs, sample_rate: int) -> dict[str, list[float]]:
+    """Per-pair PESQ-WB / STOI / SI-SDR of (clean, estimate) pairs."""
+    from voipfilter.evaluate.metrics import intrusive
+
+    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
+    for clean, est in pairs:
+        m = intrusive(clean, est, sample_rate)
+        for k in scores:
+            scores[k].append(m[k])
+    return scores
+
+
 @torch.no_grad()
 def score_mixes(net: GTCRN, mixes: list[tuple[np.ndarray, np.ndarray]], loss_fn: HybridLoss,
                 device: torch.device, batch: int = 8) -> tuple[float, dict[str, list[float]], list[np.ndarray]]:
     """Mean loss, per-mix PESQ-WB / STOI / SI-SDR and the enhanced waveforms of ``net`` on
     (noisy, clean) mixes of one length, run ``batch`` at a time (eval mode)."""
-    from voipfilter.evaluate.metrics import intrusive
-
     cfg = net.cfg
     net.eval()
     loss_sum, enhanced = 0.0, []
-    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
     for i in range(0, len(mixes), batch):
         chunk = mixes[i : i + batch]
         noisy = torch.from_numpy(np.stack([c[0] for c in chunk])).to(device)
         clean = torch.from_numpy(np.stack([c[1] for c in chunk])).to(device)
         enh_spec = net(stft(noisy, cfg))
         loss_sum += float(loss_fn(enh_spec, stft(clean, cfg), noisy.shape[-1])) * len(chunk)
-        enh = istft(enh_spec, cfg, noisy.shape[-1]).cpu().numpy()
-        for j, c in enumerate(chunk):
-            m = intrusive(c[1], enh[j], cfg.sample_rate)
-            for k in scores:
-                scores[k].append(m[k])
-            enhanced.append(enh[j])
+        enhanced += list(istft(enh_spec, cfg, noisy.shape[-1]).cpu().numpy())
+    scores = intrusive_scores(((c[1], e) for c, e in zip(mixes, enhanced)), cfg.sample_rate)
     return loss_sum / max(1, len(mixes)), scores, enhanced
-
-
-def score_unprocessed(mixes: list[tuple[np.ndarray, np.ndarray]], sample_rate: int) -> dict[str, list[float]]:
-    """Per-mix PESQ-WB / STOI / SI-SDR of the noisy side itself (the floor to beat)."""
-    from voipfilter.evaluate.metrics import intrusive
-
-    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
-    for noisy, clean in mixes:
-        m = intrusive(clean, noisy, sample_rate)
-        for k in scores:
-            scores[k].append(m[k])
-    return scores
 
 
 class Trainer:
@@ -341,7 +334,7 @@ class Trainer:
         loss, scores, enhanced = score_mixes(net, val, self.loss_fn, self.device)
         out = {"loss": loss, **{k: nanmean(v) for k, v in scores.items()}}
         if self.val_noisy_metrics is None:
-            nm = score_unprocessed(val, self.model_cfg.sample_rate)
+            nm = intrusive_scores(((c, n) for n, c in val), self.model_cfg.sample_rate)
             self.val_noisy_metrics = {k: nanmean(v) for k, v in nm.items()}
             log.info("validation set (%d mixes), unprocessed noisy: %s", len(val), _fmt(self.val_noisy_metrics))
             self._metric_line("val_noisy", self.val_noisy_metrics)

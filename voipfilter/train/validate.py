@@ -25,7 +25,7 @@ from voipfilter.nn.checkpoint import load_checkpoint
 from .config import load_config
 from .data import build_data
 from .loss import HybridLoss
-from .trainer import score_mixes, score_unprocessed
+from .trainer import intrusive_scores, score_mixes
 
 METRICS = ("pesq", "stoi", "si_sdr")
 
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(mixes)} validation mixes of {data_cfg.val_segment_seconds:g} s from {bundle.n_speech_val} held-out "
           f"speech and {bundle.n_noise_val} noise files ({time.time() - t0:.1f} s)", flush=True)
-    rows: dict[str, dict[str, list[float]]] = {"noisy": score_unprocessed(mixes, data_cfg.sample_rate)}
+    rows = {"noisy": intrusive_scores(((c, n) for n, c in mixes), data_cfg.sample_rate)}
     losses: dict[str, float] = {"noisy": float("nan")}
     steps: dict[str, str] = {"noisy": "-"}
     l = cfg.loss
