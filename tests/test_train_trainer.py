@@ -152,6 +152,9 @@ def test_validate_scores_checkpoints_on_the_held_out_mixes(tmp_path, capsys):
     assert len(rows) == 10 and {r["model"] for r in rows} == {"noisy", str(ck / "best.pt")}
     assert main(["validate", "--config", str(path), str(tmp_path / "missing.pt")]) == 2
     assert "not found" in capsys.readouterr().err
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    assert main(["validate", "--config", str(path), str(tmp_path / "junk.pt")]) == 2
+    assert "not a readable torch checkpoint" in capsys.readouterr().err
 
 
 def test_cli_train_and_resume(tmp_path):

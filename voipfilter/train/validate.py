@@ -73,7 +73,11 @@ def run(args: argparse.Namespace) -> int:
     l = cfg.loss
     for path in args.checkpoints:
         t0 = time.time()
-        model, model_cfg, meta = load_checkpoint(path)
+        try:
+            model, model_cfg, meta = load_checkpoint(path)
+        except ValueError as exc:  # not a checkpoint, or weights of another network
+            print(f"voipfilter validate: {exc}", file=sys.stderr)
+            return 2
         loss_fn = HybridLoss(model_cfg, l.compress, l.w_complex, l.w_mag, l.w_sisnr, l.sisnr_cap_db)
         losses[path], rows[path], _ = score_mixes(model, mixes, loss_fn, torch.device("cpu"))
         steps[path] = str(meta.get("step", "?"))
