@@ -24,10 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .metrics import dnsmos, intrusive, nanmean
+from .metrics import INTRUSIVE, dnsmos, intrusive, nanmean
 
 AUDIO_EXTS = {".wav", ".flac", ".ogg"}
-INTRUSIVE = ("pesq", "stoi", "si_sdr")
 DNSMOS_KEYS = ("ovrl", "sig", "bak", "p808")
 
 

@@ -53,9 +53,22 @@ def stoi(ref: np.ndarray, est: np.ndarray, sr: int = 16000, extended: bool = Fal
     return float(_stoi(ref, est, sr, extended=extended))
 
 
+INTRUSIVE = ("pesq", "stoi", "si_sdr")  # the keys of intrusive()
+
+
 def intrusive(ref: np.ndarray, est: np.ndarray, sr: int = 16000) -> dict[str, float]:
     """{'pesq', 'stoi', 'si_sdr'} of an estimate against its clean reference."""
     return {"pesq": pesq_wb(ref, est, sr), "stoi": stoi(ref, est, sr), "si_sdr": si_sdr(ref, est)}
+
+
+def intrusive_lists(pairs, sr: int = 16000) -> dict[str, list[float]]:
+    """Per-pair :func:`intrusive` scores of (clean reference, estimate) pairs, one list per key."""
+    scores: dict[str, list[float]] = {k: [] for k in INTRUSIVE}
+    for ref, est in pairs:
+        m = intrusive(ref, est, sr)
+        for k in INTRUSIVE:
+            scores[k].append(m[k])
+    return scores
 
 
 def dnsmos(x: np.ndarray, sr: int = 16000) -> dict[str, float]:

@@ -86,8 +86,7 @@ class AugmentConfig:
     eq_bands: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("p_reverb", "p_bandlimit", "p_codec", "p_gain", "p_two_noises", "p_clean",
-                     "p_speed", "p_noise_speed", "p_eq", "p_noise_eq"):
+        for name in (f.name for f in fields(self) if f.name.startswith("p_")):
             p = getattr(self, name)
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"[augment] {name} is a probability, got {p!r}: use a value in 0..1")
@@ -98,6 +97,10 @@ class AugmentConfig:
                                  f"0.25 <= low <= high <= 4, got {[lo, hi]!r}")
         if self.eq_bands < 1 or self.eq_db < 0:
             raise ValueError(f"[augment] eq_bands must be >= 1 and eq_db >= 0, got {self.eq_bands}, {self.eq_db}")
+
+    def without_broadening(self) -> "AugmentConfig":
+        """The same conditions with the source broadening off (what validation mixes use)."""
+        return dataclasses.replace(self, p_speed=0.0, p_noise_speed=0.0, p_eq=0.0, p_noise_eq=0.0)
 
 
 @dataclass

@@ -16,7 +16,6 @@ noise files (fixed seed) is kept out of training and mixed into a fixed validati
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -344,8 +343,7 @@ def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: s
         if sp_val and no_val:
             # the source broadening is for training only: validation keeps the base
             # conditions, so runs that differ in it are judged on the same mixes
-            base = dataclasses.replace(augment, p_speed=0.0, p_noise_speed=0.0, p_eq=0.0, p_noise_eq=0.0)
-            val_mixer = Mixer(sp_val, no_val, data, base, rir_bank)
+            val_mixer = Mixer(sp_val, no_val, data, augment.without_broadening(), rir_bank)
     pairs = PairSource(data.pair_dirs, sr) if data.pair_dirs else None
     train = MixingDataset(mixer, data.segment_seconds, seed, pairs, data.pair_fraction, sr)
     val: list[tuple[np.ndarray, np.ndarray]] = []

@@ -160,23 +160,13 @@ def _fmt(d: dict[str, float]) -> str:
 
 
 # --------------------------------------------------------------------------- trainer
-def intrusive_scores(pairs, sample_rate: int) -> dict[str, list[float]]:
-    """Per-pair PESQ-WB / STOI / SI-SDR of (clean, estimate) pairs."""
-    from voipfilter.evaluate.metrics import intrusive
-
-    scores: dict[str, list[float]] = {"pesq": [], "stoi": [], "si_sdr": []}
-    for clean, est in pairs:
-        m = intrusive(clean, est, sample_rate)
-        for k in scores:
-            scores[k].append(m[k])
-    return scores
-
-
 @torch.no_grad()
 def score_mixes(net: GTCRN, mixes: list[tuple[np.ndarray, np.ndarray]], loss_fn: HybridLoss,
                 device: torch.device, batch: int = 8) -> tuple[float, dict[str, list[float]], list[np.ndarray]]:
     """Mean loss, per-mix PESQ-WB / STOI / SI-SDR and the enhanced waveforms of ``net`` on
     (noisy, clean) mixes of one length, run ``batch`` at a time (eval mode)."""
+    from voipfilter.evaluate.metrics import intrusive_lists
+
     cfg = net.cfg
     net.eval()
     loss_sum, enhanced = 0.0, []
@@ -187,7 +177,7 @@ def score_mixes(net: GTCRN, mixes: list[tuple[np.ndarray, np.ndarray]], loss_fn:
         enh_spec = net(stft(noisy, cfg))
         loss_sum += float(loss_fn(enh_spec, stft(clean, cfg), noisy.shape[-1])) * len(chunk)
         enhanced += list(istft(enh_spec, cfg, noisy.shape[-1]).cpu().numpy())
-    scores = intrusive_scores(((c[1], e) for c, e in zip(mixes, enhanced)), cfg.sample_rate)
+    scores = intrusive_lists(((c[1], e) for c, e in zip(mixes, enhanced)), cfg.sample_rate)
     return loss_sum / max(1, len(mixes)), scores, enhanced
 
 
@@ -325,7 +315,7 @@ class Trainer:
     @torch.no_grad()
     def validate(self, net: GTCRN | None = None, audio: bool = True) -> dict[str, float]:
         """Loss, PESQ-WB, STOI and SI-SDR of ``net`` (default: the scored weights) on the validation mixes."""
-        from voipfilter.evaluate.metrics import nanmean
+        from voipfilter.evaluate.metrics import intrusive_lists, nanmean
 
         val = self.data.val
         if not val:
@@ -334,7 +324,7 @@ class Trainer:
         loss, scores, enhanced = score_mixes(net, val, self.loss_fn, self.device)
         out = {"loss": loss, **{k: nanmean(v) for k, v in scores.items()}}
         if self.val_noisy_metrics is None:
-            nm = intrusive_scores(((c, n) for n, c in val), self.model_cfg.sample_rate)
+            nm = intrusive_lists(((c, n) for n, c in val), self.model_cfg.sample_rate)
             self.val_noisy_metrics = {k: nanmean(v) for k, v in nm.items()}
             log.info("validation set (%d mixes), unprocessed noisy: %s", len(val), _fmt(self.val_noisy_metrics))
             self._metric_line("val_noisy", self.val_noisy_metrics)

@@ -20,14 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from voipfilter.evaluate.metrics import nanmean
+from voipfilter.evaluate.metrics import INTRUSIVE, intrusive_lists, nanmean
 from voipfilter.nn.checkpoint import load_checkpoint
 from .config import load_config
 from .data import build_data
 from .loss import HybridLoss
-from .trainer import intrusive_scores, score_mixes
-
-METRICS = ("pesq", "stoi", "si_sdr")
+from .trainer import score_mixes
 
 
 def paired(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -67,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     print(f"{len(mixes)} validation mixes of {data_cfg.val_segment_seconds:g} s from {bundle.n_speech_val} held-out "
           f"speech and {bundle.n_noise_val} noise files ({time.time() - t0:.1f} s)", flush=True)
-    rows = {"noisy": intrusive_scores(((c, n) for n, c in mixes), data_cfg.sample_rate)}
+    rows = {"noisy": intrusive_lists(((c, n) for n, c in mixes), data_cfg.sample_rate)}
     losses: dict[str, float] = {"noisy": float("nan")}
     steps: dict[str, str] = {"noisy": "-"}
     l = cfg.loss
@@ -92,8 +90,8 @@ def run(args: argparse.Namespace) -> int:
     if args.tsv:
         with open(args.tsv, "w", newline="") as f:
             w = csv.writer(f, delimiter="\t")
-            w.writerow(["model", "mix", *METRICS])
+            w.writerow(["model", "mix", *INTRUSIVE])
             for name, sc in rows.items():
                 for i in range(len(mixes)):
-                    w.writerow([name, i, *(f"{sc[k][i]:.4f}" for k in METRICS)])
+                    w.writerow([name, i, *(f"{sc[k][i]:.4f}" for k in INTRUSIVE)])
     return 0
