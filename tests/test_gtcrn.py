@@ -191,3 +191,36 @@ def test_onnx_batch_dimension_is_dynamic(our_onnx: Path) -> None:
         for i in range(3)
     ]
     np.testing.assert_allclose(enh, np.concatenate(single), atol=1e-5)
+
+
+def test_average_of_checkpoints(tmp_path, capsys):
+    """`voipfilter average` writes the mean of the weights (fixed ones stay exact), keeps
+    integer buffers, refuses other networks and missing files, and export reads it."""
+    from voipfilter.cli import main
+
+    torch.manual_seed(0)
+    a, b = GTCRN(), GTCRN()
+    save_model(tmp_path / "a.pt", a, {"step": 10, "audio_hours": 1.0})
+    save_model(tmp_path / "b.pt", b, {"step": 20, "audio_hours": 2.0})
+    out = tmp_path / "mean.pt"
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "b.pt"), "-o", str(out)]) == 0
+    model, cfg, meta = load_checkpoint(out)
+    sa, sb, sm = a.state_dict(), b.state_dict(), model.state_dict()
+    for key, value in sm.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, (sa[key] + sb[key]) / 2)
+        else:
+            assert torch.equal(value, sa[key])
+    torch.testing.assert_close(sm["erb.erb_fc.weight"], sa["erb.erb_fc.weight"], rtol=0, atol=0)
+    assert not torch.equal(sm["encoder.en_convs.0.conv.weight"], sa["encoder.en_convs.0.conv.weight"])
+    assert meta["source"] == "voipfilter average" and [s["step"] for s in meta["averaged"]] == [10, 20]
+    assert main(["export", "--checkpoint", str(out), "-o", str(tmp_path / "mean.onnx")]) == 0
+
+    save_model(tmp_path / "other.pt", GTCRN(GTCRNConfig(channels=8)))
+    capsys.readouterr()
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "other.pt"), "-o", str(out)]) == 2
+    assert "same configuration" in capsys.readouterr().err
+    assert main(["average", str(tmp_path / "a.pt"), str(tmp_path / "missing.pt"), "-o", str(out)]) == 2
+    assert "not found" in capsys.readouterr().err
+    assert main(["average", str(tmp_path / "a.pt"), "-o", str(out)]) == 2
+    assert "at least two" in capsys.readouterr().err

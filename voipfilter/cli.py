@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("voipfilter.bench", "time the filter against the upstream reference"),
     "export": ("voipfilter.nn.export", "export a checkpoint to a streaming ONNX model (needs [train])"),
     "train": ("voipfilter.train.trainer", "train a model (needs [train])"),
+    "average": ("voipfilter.nn.average", "average the weights of checkpoints of one network (needs [train])"),
     "validate": ("voipfilter.train.validate", "score checkpoints on a run's held-out validation mixes (needs [train])"),
     "eval": ("voipfilter.evaluate.cli", "score a model on noisy (and clean) folders (needs [eval])"),
     "check-pairs": ("voipfilter.train.pairs", "check noisy/clean pair folders before training"),
