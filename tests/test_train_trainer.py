@@ -173,6 +173,31 @@ def test_cli_train_and_resume(tmp_path):
     assert ck["step"] == 3 and ck["data_position"] == 3 * 2
 
 
+def test_resume_with_a_larger_batch_goes_on_from_the_data_position(tmp_path):
+    """A resume may change the batch size: the next items follow the last one used, and
+    the checkpoint counts items (and audio hours), not steps x the current batch."""
+    cfg = tiny_config(tmp_path)
+    first = _trainer(cfg, tmp_path / "run")
+    first.prepare(resume=False)
+    first.fit(max_steps=3)  # batch 2: items 0-5
+    first.close()
+    cfg["train"]["batch_size"] = 4
+    again = _trainer(cfg, tmp_path / "run")
+    again.prepare(resume=True)
+    assert (again.step, again.data_position) == (3, 6)
+    seen = []
+    step = again.train_step
+    again.train_step = lambda noisy, clean: (seen.append(noisy.clone()), step(noisy, clean))[1]
+    again.fit(max_steps=5)  # batch 4: items 6-13
+    again.close()
+    expected = torch.from_numpy(np.stack([again.data.train[i][0] for i in range(6, 14)]))
+    assert torch.equal(torch.cat(seen), expected)
+    ck = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=False)
+    assert (ck["step"], ck["data_position"]) == (5, 14)
+    assert ck["meta"]["audio_hours"] == pytest.approx(14 * 1.0 / 3600)
+    assert "batch size 2 -> 4 from step 3: items go on from data position 6" in (tmp_path / "run/train.log").read_text()
+
+
 def test_default_config_loads_and_points_at_shared_data():
     from voipfilter.train.config import REPO, load_config
 

@@ -28,8 +28,10 @@ and the epoch snapshots hold it; a run at a high constant rate gets much of a co
 gain this way without stopping its stable phase.
 
 ``--resume`` continues from ``checkpoints/last.pt``: model, optimizer, schedule, RNG
-states, step and data position (item index = step × batch) are restored, so the losses
-that follow are the ones an uninterrupted run would have produced.
+states, step and data position (the index of the next training item) are restored, so
+the losses that follow are the ones an uninterrupted run would have produced. A resume
+may change ``train.batch_size`` (say, to use more threads per step): the items go on from
+the data position, so none is seen twice or skipped, and audio hours stay counted right.
 """
 from __future__ import annotations
 
@@ -204,6 +206,7 @@ class Trainer:
         self.loss_fn = HybridLoss(self.model_cfg, l.compress, l.w_complex, l.w_mag, l.w_sisnr, l.sisnr_cap_db)
         self.step = 0
         self.epoch = 0
+        self.data_position = 0  # training items consumed: the next item's index
         self.best_score = -math.inf
         self.history: list[dict[str, Any]] = []
         self._stop = False
@@ -232,7 +235,7 @@ class Trainer:
             "schedule": self.sched.state_dict(),
             "step": self.step,
             "epoch": self.epoch,
-            "data_position": self.step * self.cfg.train.batch_size,
+            "data_position": self.data_position,
             "best_score": self.best_score,
             "rng": rng_state(),
             "train_config": self.cfg.to_dict(),
@@ -241,7 +244,7 @@ class Trainer:
 
     def _meta(self, extra: dict[str, Any] | None = None) -> dict[str, Any]:
         m = {"source": "voipfilter train", "run_dir": str(self.run_dir), "step": self.step, "epoch": self.epoch,
-             "audio_hours": self.step * self.cfg.train.batch_size * self.cfg.data.segment_seconds / 3600.0}
+             "audio_hours": self.data_position * self.cfg.data.segment_seconds / 3600.0}
         if extra:
             m.update(extra)
         return m
@@ -268,9 +271,14 @@ class Trainer:
                 log.info("EMA of the weights (decay %g) starts at step %d", self.cfg.optim.ema_decay, self.step)
         for change in config_changes(ckpt.get("train_config") or {}, self.cfg.to_dict()):
             log.info("config changed since the checkpoint: %s", change)
-        if ckpt.get("data_position") != self.step * self.cfg.train.batch_size:
-            raise ValueError(f"{path}: data position {ckpt.get('data_position')} does not match step {self.step} "
-                             f"x batch {self.cfg.train.batch_size} (batch size changed since?)")
+        position = ckpt.get("data_position")
+        if not isinstance(position, int) or position < 0:
+            raise ValueError(f"{path}: no valid data position ({position!r}); it is not a last.pt of this trainer")
+        self.data_position = position
+        old_batch = (ckpt.get("train_config") or {}).get("train", {}).get("batch_size")
+        if old_batch is not None and old_batch != self.cfg.train.batch_size:
+            log.info("batch size %d -> %d from step %d: items go on from data position %d",
+                     old_batch, self.cfg.train.batch_size, self.step, position)
 
     # -- logging
     def _setup_logging(self) -> None:
@@ -411,7 +419,7 @@ class Trainer:
         if resume and last.exists():
             self.load(last)
             log.info("resumed from %s at step %d (epoch %d, data position %d)", last, self.step, self.epoch,
-                     self.step * self.cfg.train.batch_size)
+                     self.data_position)
         else:
             log.info("new run in %s; model %d learnable parameters; device %s; %d threads", self.run_dir,
                      count_parameters(self.model), self.device, torch.get_num_threads())
@@ -439,7 +447,7 @@ class Trainer:
         B = t.batch_size
         workers = int(self.cfg.data.num_workers)
         loader = DataLoader(
-            self.data.train, batch_size=B, sampler=IndexSampler(self.step * B), num_workers=workers,
+            self.data.train, batch_size=B, sampler=IndexSampler(self.data_position), num_workers=workers,
             collate_fn=collate, worker_init_fn=_worker_init if workers else None,
             prefetch_factor=4 if workers else None, persistent_workers=False,
         )
@@ -474,6 +482,7 @@ class Trainer:
                 noisy, clean = next(it)
                 t_data = time.time() - t_data
                 rec = self.train_step(noisy, clean)
+                self.data_position += int(noisy.shape[0])
                 rec["data_wait_s"] = t_data
                 step_logs.append({"step": self.step, **rec})
                 for k, v in rec.items():
