@@ -1,8 +1,8 @@
 """``voipfilter average``: one checkpoint whose weights are the mean of several.
 
-Runs branched from one state (gtcrn-v5 from gtcrn-v4, say) stay close enough in weight
-space that the mean of their weights is often a better model than either ("model soup");
-so can snapshots of one run. The command averages the weights each file holds (the ones
+Runs branched from one state (gtcrn-v4 from gtcrn-v2's step 18750, say) can stay close
+enough in weight space that the mean of their weights is a better model than either
+("model soup"); so can snapshots of one run. The command averages the weights each file holds (the ones
 ``voipfilter export`` and ``voipfilter validate`` take: best.pt and epoch_*.pt hold the
 EMA weights of a run with EMA, last.pt its raw weights) and writes a checkpoint that
 those commands read. Whether the mean is better is for ``voipfilter validate`` to say.
