@@ -71,6 +71,7 @@ def test_items_are_deterministic_per_seed_and_index(corpus):
     {"p_gain": 1.0, "p_two_noises": 1.0},
     {"p_speed": 1.0, "p_noise_speed": 1.0, "speed": [0.85, 1.15]},
     {"p_eq": 1.0, "p_noise_eq": 1.0, "eq_db": 12.0},
+    {"p_babble": 0.5, "p_synthetic": 0.5, "babble_talkers": [2, 4]},
 ])
 def test_dataset_never_yields_offset_pairs(corpus, augment):
     """Cross-correlation of noisy and clean peaks at lag 0 for every item (high SNR so the
@@ -133,7 +134,8 @@ def test_source_broadening_is_for_training_items_only(corpus):
                       segment_seconds=1.0, val_segment_seconds=1.0, val_items=3,
                       val_fraction_speech=0.4, val_fraction_noise=0.4)
     plain = build_data(data, AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
-    broad = build_data(data, AugmentConfig(p_reverb=0.0, p_speed=1.0, p_noise_speed=1.0, p_eq=1.0, p_noise_eq=1.0),
+    broad = build_data(data, AugmentConfig(p_reverb=0.0, p_speed=1.0, p_noise_speed=1.0, p_eq=1.0, p_noise_eq=1.0,
+                                           p_babble=0.3, p_synthetic=0.3),
                        seed=5, log_fn=lambda *_: None)
     for (n1, c1), (n2, c2) in zip(plain.val, broad.val):
         assert np.array_equal(n1, n2) and np.array_equal(c1, c2)
@@ -142,6 +144,56 @@ def test_source_broadening_is_for_training_items_only(corpus):
         AugmentConfig(p_speed=1.5)
     with pytest.raises(ValueError, match="speed"):
         AugmentConfig(speed=[1.2, 0.9])
+    with pytest.raises(ValueError, match="p_babble \\+ p_synthetic"):
+        AugmentConfig(p_babble=0.6, p_synthetic=0.6)
+    with pytest.raises(ValueError, match="babble_talkers"):
+        AugmentConfig(babble_talkers=[1, 3])
+
+
+def _flatness(x):
+    """Spectral flatness (geometric / arithmetic mean of the power spectrum), 0..1."""
+    p = np.abs(np.fft.rfft(x * np.hanning(len(x)))) ** 2 + 1e-20
+    return float(np.exp(np.mean(np.log(p))) / np.mean(p))
+
+
+def test_babble_is_talkers_from_the_training_speech(corpus):
+    """With every noise source babble, the noise in a mix is the sum of speech segments
+    (harmonic: far from flat), not the corpus's white noise files (flat)."""
+    n = 2 * SR
+    files = _mixer(corpus, p_babble=1.0, babble_talkers=[3, 3], p_two_noises=0.0, p_clean=0.0, p_gain=0.0,
+                   p_bandlimit=0.0, p_codec=0.0)
+    babble = files._noise(np.random.default_rng(4), n)
+    white = _mixer(corpus, p_two_noises=0.0)._noise(np.random.default_rng(4), n)
+    assert _flatness(white) > 0.3
+    assert _flatness(babble) < 0.05
+    noisy, clean = MixingDataset(files, 2.0, seed=2)[0]
+    assert _flatness((noisy - clean).astype(np.float64)) < 0.05
+
+
+def test_synthetic_noises_have_their_spectra():
+    rng = np.random.default_rng(0)
+    n = 4 * SR
+    freqs = np.fft.rfftfreq(n, 1 / SR)
+    for slope in (-6.0, -3.0, 0.0, 3.0):
+        x = aug.coloured_noise(rng, n, slope, SR)
+        assert abs(aug.rms(x) - 1.0) < 1e-9
+        p = np.abs(np.fft.rfft(x)) ** 2
+        lo = p[(freqs > 250) & (freqs < 500)].mean()
+        hi = p[(freqs > 2000) & (freqs < 4000)].mean()
+        measured = 10 * np.log10(hi / lo) / 3.0  # three octaves apart
+        assert abs(measured - slope) < 0.5, (slope, measured)
+    h = aug.hum(np.random.default_rng(1), n, SR)
+    spec = np.abs(np.fft.rfft(h * np.hanning(n)))
+    peak = freqs[np.argmax(spec)]
+    # a harmonic of mains (50 or 60 Hz, up to 1 % off)
+    assert any(abs(peak / max(1, round(peak / b)) - b) <= 0.011 * b for b in (50.0, 60.0)), peak
+    assert _flatness(h) < 0.01
+    t = aug.tones(np.random.default_rng(2), n, SR)
+    assert _flatness(t) < 0.01 and abs(aug.rms(t) - 1.0) < 1e-9
+    kinds = [aug.synthetic_noise(np.random.default_rng(s), SR) for s in range(12)]
+    assert all(np.all(np.isfinite(k)) and len(k) == SR for k in kinds)
+    a = aug.synthetic_noise(np.random.default_rng(5), SR)
+    assert np.array_equal(a, aug.synthetic_noise(np.random.default_rng(5), SR))
 
 
 def test_reverb_target_keeps_direct_path_timing():
@@ -203,3 +255,30 @@ def test_pair_dataset_refuses_a_one_sample_offset(tmp_path):
     # skip_bad drops the pair (and says so) instead of using it
     ds = PairDataset([tmp_path / "bad"], 1.0, skip_bad=True)
     assert len(ds.source) == 2
+
+
+def test_extra_speech_is_for_training_only(corpus, tmp_path):
+    """Folders in extra_speech_dirs join the training speech and leave the validation
+    split and mixes exactly as they were."""
+    from voipfilter.train.data import build_data
+
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    rng = np.random.default_rng(9)
+    for i in range(3):
+        sf.write(extra / f"x{i}.flac", _speech(rng, 2 * SR).astype(np.float32), SR)
+    data = DataConfig(speech_dirs=[str(corpus / "speech")], noise_dirs=[str(corpus / "noise")],
+                      segment_seconds=1.0, val_segment_seconds=1.0, val_items=3,
+                      val_fraction_speech=0.4, val_fraction_noise=0.4)
+    plain = build_data(data, AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
+    more = build_data(DataConfig(**{**data.__dict__, "extra_speech_dirs": [str(extra)]}),
+                      AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
+    assert more.val_files == plain.val_files
+    for (n1, c1), (n2, c2) in zip(plain.val, more.val):
+        assert np.array_equal(n1, n2) and np.array_equal(c1, c2)
+    assert more.n_speech_train == plain.n_speech_train + 3
+    trained = {f.path for f in more.train.mixer.speech}
+    assert {str(extra / f"x{i}.flac") for i in range(3)} <= trained
+    with pytest.raises(FileNotFoundError, match="audio folder not found"):
+        build_data(DataConfig(**{**data.__dict__, "extra_speech_dirs": [str(tmp_path / "nope")]}),
+                   AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)

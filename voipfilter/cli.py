@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "average": ("voipfilter.nn.average", "average the weights of checkpoints of one network (needs [train])"),
     "validate": ("voipfilter.train.validate", "score checkpoints on a run's held-out validation mixes (needs [train])"),
     "eval": ("voipfilter.evaluate.cli", "score a model on noisy (and clean) folders (needs [eval])"),
+    "asterisk-voices": ("voipfilter.train.asterisk_voices", "write the Debian Asterisk IVR voices as training speech"),
     "check-pairs": ("voipfilter.train.pairs", "check noisy/clean pair folders before training"),
     "serve": ("voipfilter.server", "run the demo call server"),
 }

@@ -113,6 +113,68 @@ def samples_for_speed(n: int, factor: Fraction | None) -> int:
     return n if factor is None else int(np.ceil(n * factor)) + 1
 
 
+# --------------------------------------------------------------------------- synthetic noise
+# Real recorded noise is 45 minutes here; these stand in for kinds it lacks. They are
+# additive noise sources like a noise file, drawn with ``augment.p_synthetic``.
+SYNTHETIC_KINDS = ("colour", "hum", "tones")
+
+
+def coloured_noise(rng: np.random.Generator, n: int, slope_db: float, sr: int = 16000) -> np.ndarray:
+    """Gaussian noise whose spectrum falls (or rises) by ``slope_db`` per octave: -6 brown,
+    -3 pink, 0 white, +3 blue; shaped in the frequency domain, unit RMS."""
+    f = np.fft.rfftfreq(n, 1.0 / sr)
+    f[0] = f[1] if n > 1 else 1.0
+    gain = (f / 1000.0) ** (slope_db / (20.0 * np.log10(2.0)))
+    spec = (rng.standard_normal(len(f)) + 1j * rng.standard_normal(len(f))) * gain
+    x = np.fft.irfft(spec, n)
+    return x / (rms(x) + 1e-12)
+
+
+def hum(rng: np.random.Generator, n: int, sr: int = 16000) -> np.ndarray:
+    """Mains hum and buzz: 50 or 60 Hz (a little off) and its harmonics up to ~2 kHz with
+    random, mostly falling amplitudes and phases, over a floor of pink noise. Unit RMS."""
+    f0 = float(rng.choice([50.0, 60.0])) * float(rng.uniform(0.99, 1.01))
+    t = np.arange(n) / sr
+    x = np.zeros(n)
+    for k in range(1, int(2000 // f0) + 1):
+        amp = float(rng.uniform(0.0, 1.0)) / k ** float(rng.uniform(0.3, 1.5))
+        x += amp * np.sin(2 * np.pi * k * f0 * t + float(rng.uniform(0, 2 * np.pi)))
+    x = x / (rms(x) + 1e-12)
+    return x + 10 ** (float(rng.uniform(-30, -10)) / 20) * coloured_noise(rng, n, -3.0, sr)
+
+
+def tones(rng: np.random.Generator, n: int, sr: int = 16000) -> np.ndarray:
+    """One to three tones (200 Hz-4 kHz) that drift slowly, as a fan or a motor whines, or
+    switch on and off, as beeps and alarms do. Unit RMS."""
+    t = np.arange(n) / sr
+    x = np.zeros(n)
+    for _ in range(int(rng.integers(1, 4))):
+        f = float(np.exp(rng.uniform(np.log(200.0), np.log(4000.0))))
+        drift = f * float(rng.uniform(0.0, 0.03)) * np.sin(2 * np.pi * float(rng.uniform(0.05, 1.0)) * t)
+        phase = 2 * np.pi * np.cumsum(f + drift) / sr
+        tone = np.sin(phase + float(rng.uniform(0, 2 * np.pi)))
+        if rng.random() < 0.5:  # beeps: on/off with a period of 0.2-2 s, 5 ms ramps
+            period = float(rng.uniform(0.2, 2.0))
+            duty = float(rng.uniform(0.2, 0.8))
+            on = ((t / period + float(rng.uniform(0, 1))) % 1.0) < duty
+            ramp = max(1, int(0.005 * sr))
+            gate = np.convolve(on.astype(np.float64), np.ones(ramp) / ramp, mode="same")
+            tone = tone * gate
+        x += float(rng.uniform(0.3, 1.0)) * tone
+    return x / (rms(x) + 1e-12)
+
+
+def synthetic_noise(rng: np.random.Generator, n: int, slope_db: tuple[float, float] = (-6.0, 3.0),
+                    sr: int = 16000) -> np.ndarray:
+    """One synthetic noise of a kind drawn from :data:`SYNTHETIC_KINDS`, unit RMS."""
+    kind = SYNTHETIC_KINDS[int(rng.integers(len(SYNTHETIC_KINDS)))]
+    if kind == "colour":
+        return coloured_noise(rng, n, float(rng.uniform(*slope_db)), sr)
+    if kind == "hum":
+        return hum(rng, n, sr)
+    return tones(rng, n, sr)
+
+
 # --------------------------------------------------------------------------- reverberation
 class RIRBank:
     """A fixed bank of simulated room impulse responses (pyroomacoustics, image method).

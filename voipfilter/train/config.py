@@ -34,6 +34,9 @@ DEFAULT_SHARED = Path(os.environ.get("VOIPFILTER_SHARED", REPO.parent / "shared"
 class DataConfig:
     speech_dirs: list[str] = field(default_factory=lambda: [str(DEFAULT_SHARED / "data" / "speech")])
     noise_dirs: list[str] = field(default_factory=lambda: [str(DEFAULT_SHARED / "data" / "noise")])
+    # Speech for training only: never split off for validation, so adding it leaves a
+    # run's validation files and mixes exactly as they were (runs stay comparable).
+    extra_speech_dirs: list[str] = field(default_factory=list)
     # Pre-mixed pair folders (each with noisy/ and clean/); every pair is checked.
     pair_dirs: list[str] = field(default_factory=list)
     # Share of training items drawn from pair_dirs when both kinds are given.
@@ -84,6 +87,13 @@ class AugmentConfig:
     p_noise_eq: float = 0.0
     eq_db: float = 8.0
     eq_bands: int = 3
+    # Noise sources besides the noise files: babble (babble_talkers of the training
+    # speech, summed at equal level +-3 dB) and synthetic noise (coloured noise with a
+    # slope in colour_slope_db per octave, mains hum, drifting or beeping tones).
+    p_babble: float = 0.0
+    babble_talkers: list[int] = field(default_factory=lambda: [3, 8])
+    p_synthetic: float = 0.0
+    colour_slope_db: list[float] = field(default_factory=lambda: [-6.0, 3.0])
 
     def __post_init__(self) -> None:
         for name in (f.name for f in fields(self) if f.name.startswith("p_")):
@@ -95,12 +105,20 @@ class AugmentConfig:
             if not 0.25 <= lo <= hi <= 4.0:
                 raise ValueError(f"[augment] {name} must be [low, high] speed factors with "
                                  f"0.25 <= low <= high <= 4, got {[lo, hi]!r}")
+        lo, hi = self.babble_talkers
+        if not 2 <= lo <= hi:
+            raise ValueError(f"[augment] babble_talkers must be [low, high] with 2 <= low <= high, "
+                             f"got {[lo, hi]!r}")
+        if self.p_babble + self.p_synthetic > 1.0:
+            raise ValueError(f"[augment] p_babble + p_synthetic is the share of noise sources that are "
+                             f"not files and must be <= 1, got {self.p_babble + self.p_synthetic:g}")
         if self.eq_bands < 1 or self.eq_db < 0:
             raise ValueError(f"[augment] eq_bands must be >= 1 and eq_db >= 0, got {self.eq_bands}, {self.eq_db}")
 
     def without_broadening(self) -> "AugmentConfig":
         """The same conditions with the source broadening off (what validation mixes use)."""
-        return dataclasses.replace(self, p_speed=0.0, p_noise_speed=0.0, p_eq=0.0, p_noise_eq=0.0)
+        return dataclasses.replace(self, p_speed=0.0, p_noise_speed=0.0, p_eq=0.0, p_noise_eq=0.0,
+                                   p_babble=0.0, p_synthetic=0.0)
 
 
 @dataclass
@@ -206,7 +224,7 @@ def _resolve(p: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-PATH_KEYS = ("speech_dirs", "noise_dirs", "pair_dirs")  # the [data] lists of folders
+PATH_KEYS = ("speech_dirs", "extra_speech_dirs", "noise_dirs", "pair_dirs")  # the [data] lists of folders
 
 
 def resolve_paths(cfg: TrainConfig, base: Path) -> None:

@@ -46,7 +46,8 @@ def scan_audio(dirs: Sequence[str | Path], sample_rate: int, min_seconds: float 
     for d in dirs:
         d = Path(d)
         if not d.is_dir():
-            raise FileNotFoundError(f"audio folder not found: {d}")
+            raise FileNotFoundError(f"audio folder not found: {d} (check the [data] folders of the config; "
+                                    "relative paths are taken from the config file's folder)")
         for p in sorted(d.rglob("*")):
             if p.suffix.lower() not in AUDIO_EXTS or not p.is_file():
                 continue
@@ -159,9 +160,30 @@ class Mixer:
             noise = noise + other
         return noise
 
+    def _babble(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Several training talkers at once, each at the same level +-3 dB."""
+        lo, hi = self.aug.babble_talkers
+        out = np.zeros(n)
+        for _ in range(int(rng.integers(lo, hi + 1))):
+            x = self._speech_segment(rng, n)
+            out += x / (aug.rms(x) + 1e-9) * 10 ** (float(rng.uniform(-3.0, 3.0)) / 20)
+        return out
+
+    def _noise_source(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """A noise file's segment, or babble / synthetic noise when drawn (no draw at all
+        while both are off, so older configs mix exactly as before)."""
+        a = self.aug
+        if a.p_babble or a.p_synthetic:
+            u = rng.random()
+            if u < a.p_babble:
+                return self._babble(rng, n)
+            if u < a.p_babble + a.p_synthetic:
+                return aug.synthetic_noise(rng, n, tuple(a.colour_slope_db), self.sr)
+        return self._noise_one(rng, n)
+
     def _noise_shaped(self, rng: np.random.Generator, n: int) -> np.ndarray:
         a = self.aug
-        return self._shaped(rng, n, self._noise_one, a.p_noise_speed, a.noise_speed, a.p_noise_eq)
+        return self._shaped(rng, n, self._noise_source, a.p_noise_speed, a.noise_speed, a.p_noise_eq)
 
     # -- the mix
     def mix(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -332,6 +354,8 @@ def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: s
         speech = scan_audio(data.speech_dirs, sr)
         noise = scan_audio(data.noise_dirs, sr)
         sp_tr, sp_val = split_files(speech, data.val_fraction_speech, data.val_seed)
+        if data.extra_speech_dirs:
+            sp_tr = sp_tr + scan_audio(data.extra_speech_dirs, sr)
         no_tr, no_val = split_files(noise, data.val_fraction_noise, data.val_seed + 1)
         n_st, n_sv, n_nt, n_nv = len(sp_tr), len(sp_val), len(no_tr), len(no_val)
         val_files = [f.path for f in sp_val + no_val]
