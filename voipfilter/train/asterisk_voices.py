@@ -204,7 +204,8 @@ def write_voices(debs: list[Path], out: Path, chunk_seconds: float = 120.0, gap_
                     f"{licence} ({holder})" if holder else licence,
                     f"single speaker ({voice}); G.722-coded (7 kHz) IVR prompts, ~{chunk_seconds:g} s files",
                 ]))
-    manifest.write_text(MANIFEST_HEADER + "".join(r + "\n" for r in sorted(kept + rows)))
+            # after every voice, so a later refusal leaves a manifest of what is there
+            manifest.write_text(MANIFEST_HEADER + "".join(r + "\n" for r in sorted(kept + rows)))
     return rows
 
 
