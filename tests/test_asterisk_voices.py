@@ -105,6 +105,7 @@ def test_prompts_are_joined_in_order_with_pauses(deb, tmp_path):
 
 def test_existing_voices_are_kept_unless_forced(deb, tmp_path, capsys):
     out = tmp_path / "voices"
+    (out / "it_IT_m_Carlo").mkdir(parents=True)  # an empty voice folder is simply filled
     assert main(["asterisk-voices", "--deb", str(deb), "-o", str(out)]) == 0
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(["asterisk-voices", "--deb", str(deb), "-o", str(out)]) == 2

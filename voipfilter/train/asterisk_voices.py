@@ -193,7 +193,7 @@ def write_voices(debs: list[Path], out: Path, chunk_seconds: float = 120.0, gap_
                 if not force:
                     raise VoicesError(f"{folder} already holds files: pass --force to rewrite it")
                 shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)
             kept = [r for r in kept if not r.startswith(f"{voice}/")]
             for i, piece in enumerate(join_prompts(items, chunk_seconds, gap_seconds)):
                 rel = f"{voice}/prompts_{i:03d}.flac"
