@@ -282,3 +282,49 @@ def test_extra_speech_is_for_training_only(corpus, tmp_path):
     with pytest.raises(FileNotFoundError, match="audio folder not found"):
         build_data(DataConfig(**{**data.__dict__, "extra_speech_dirs": [str(tmp_path / "nope")]}),
                    AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
+
+
+def test_speech_quality_floors_drop_unclean_targets_after_the_split(corpus, tmp_path):
+    """A DNSMOS table as `voipfilter eval --model none --tsv` writes it drops the files under
+    the floors from training and validation, keeps the split and unscored files, and says
+    what is wrong with a bad table."""
+    from voipfilter.evaluate.cli import write_tsv
+    from voipfilter.train.data import build_data
+
+    data = DataConfig(speech_dirs=[str(corpus / "speech")], noise_dirs=[str(corpus / "noise")],
+                      segment_seconds=1.0, val_segment_seconds=1.0, val_items=3,
+                      val_fraction_speech=0.4, val_fraction_noise=0.4)
+    plain = build_data(data, AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)
+    train_names = sorted(f.path.rsplit("/", 1)[1] for f in plain.train.mixer.speech)
+    val_names = sorted(p.rsplit("/", 1)[1] for p in plain.val_files if "/speech/" in p)
+    assert len(train_names) == 3 and len(val_names) == 2
+    noisy_target, distorted_target = train_names[0], val_names[0]
+    rows = [{"model": "none", "file": f"speech/{n}", "seconds": 2.0, "ovrl": 3.3, "sig": 3.6, "bak": 4.0}
+            for n in train_names[1:] + val_names[1:]]
+    rows += [{"model": "none", "file": f"speech/{noisy_target}", "seconds": 2.0, "ovrl": 2.9, "sig": 3.6, "bak": 3.2},
+             {"model": "none", "file": f"speech/{distorted_target}", "seconds": 2.0, "ovrl": 2.8, "sig": 3.0, "bak": 4.0},
+             {"model": "none", "file": "MEAN", "seconds": "", "ovrl": 3.1, "sig": 3.4, "bak": 3.8}]
+    table = tmp_path / "speech_dnsmos.tsv"
+    write_tsv(rows[1:], table)  # train_names[1] is not in the table: unscored, kept
+    logs: list[str] = []
+    cfg = DataConfig(**{**data.__dict__, "speech_quality": [str(table)], "min_speech_sig": 3.2,
+                        "min_speech_bak": 3.5})
+    clean = build_data(cfg, AugmentConfig(p_reverb=0.0), seed=5, log_fn=logs.append)
+    kept_train = sorted(f.path.rsplit("/", 1)[1] for f in clean.train.mixer.speech)
+    kept_val = sorted(p.rsplit("/", 1)[1] for p in clean.val_files if "/speech/" in p)
+    assert kept_train == train_names[1:]
+    assert kept_val == val_names[1:]
+    assert any("dropped 1 of 3 training and 1 of 2 validation files; 1 unscored" in m for m in logs)
+
+    # floors that leave nothing, a table without the columns, a missing table: clear errors
+    with pytest.raises(ValueError, match="lower min_speech_sig"):
+        build_data(DataConfig(**{**cfg.__dict__, "min_speech_bak": 5.0}), AugmentConfig(p_reverb=0.0), seed=5,
+                   log_fn=lambda *_: None)
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("model\tfile\tseconds\tpesq\nnone\tspeech/s0.flac\t2.0\t3.1\n")
+    with pytest.raises(ValueError, match=r"no column\(s\) \['sig', 'bak'\]"):
+        build_data(DataConfig(**{**cfg.__dict__, "speech_quality": [str(bad)]}), AugmentConfig(p_reverb=0.0),
+                   seed=5, log_fn=lambda *_: None)
+    with pytest.raises(FileNotFoundError, match="--model none --tsv"):
+        build_data(DataConfig(**{**cfg.__dict__, "speech_quality": [str(tmp_path / "nope.tsv")]}),
+                   AugmentConfig(p_reverb=0.0), seed=5, log_fn=lambda *_: None)

@@ -37,6 +37,13 @@ class DataConfig:
     # Speech for training only: never split off for validation, so adding it leaves a
     # run's validation files and mixes exactly as they were (runs stay comparable).
     extra_speech_dirs: list[str] = field(default_factory=list)
+    # Clean-target quality: per-file DNSMOS tables of the speech (`voipfilter eval --noisy
+    # DIR --model none --tsv TABLE`). After the split, training and validation speech files
+    # scored under either floor are dropped (the split itself does not move); files the
+    # tables do not list are kept.
+    speech_quality: list[str] = field(default_factory=list)
+    min_speech_sig: float = 0.0
+    min_speech_bak: float = 0.0
     # Pre-mixed pair folders (each with noisy/ and clean/); every pair is checked.
     pair_dirs: list[str] = field(default_factory=list)
     # Share of training items drawn from pair_dirs when both kinds are given.
@@ -224,7 +231,7 @@ def _resolve(p: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-PATH_KEYS = ("speech_dirs", "extra_speech_dirs", "noise_dirs", "pair_dirs")  # the [data] lists of folders
+PATH_KEYS = ("speech_dirs", "extra_speech_dirs", "noise_dirs", "pair_dirs", "speech_quality")  # [data] path lists
 
 
 def resolve_paths(cfg: TrainConfig, base: Path) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 from . import augment as aug
 from .config import AugmentConfig, DataConfig
 from .pairs import AUDIO_EXTS, MisalignedPairsError, check_pair, list_pairs
+from .speech_quality import QualityFilter, load_scores
 
 log = logging.getLogger(__name__)
 
@@ -342,6 +343,21 @@ class DataBundle:
     val_files: list[str] = None  # held-out speech and noise files (for the record)
 
 
+def _clean_targets(data: DataConfig, sp_tr: list[AudioFile], sp_val: list[AudioFile],
+                   log_fn) -> tuple[list[AudioFile], list[AudioFile]]:
+    """Training and validation speech without the files under the DNSMOS floors."""
+    qf = QualityFilter(load_scores(data.speech_quality), data.min_speech_sig, data.min_speech_bak)
+    tr, tr_drop, tr_unscored = qf.split(sp_tr)
+    val, val_drop, val_unscored = qf.split(sp_val)
+    log_fn(f"speech quality (DNSMOS SIG >= {data.min_speech_sig}, BAK >= {data.min_speech_bak}): dropped "
+           f"{len(tr_drop)} of {len(sp_tr)} training and {len(val_drop)} of {len(sp_val)} validation files; "
+           f"{tr_unscored + val_unscored} unscored files kept")
+    if not tr or (sp_val and not val):
+        raise ValueError("the speech quality floors leave no training or no validation speech: "
+                         "lower min_speech_sig / min_speech_bak")
+    return tr, val
+
+
 def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: str | Path | None = None,
                log_fn=print) -> DataBundle:
     """Scan folders, split by file, build the training dataset and the fixed validation mixes."""
@@ -356,6 +372,8 @@ def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: s
         sp_tr, sp_val = split_files(speech, data.val_fraction_speech, data.val_seed)
         if data.extra_speech_dirs:
             sp_tr = sp_tr + scan_audio(data.extra_speech_dirs, sr)
+        if data.speech_quality:
+            sp_tr, sp_val = _clean_targets(data, sp_tr, sp_val, log_fn)
         no_tr, no_val = split_files(noise, data.val_fraction_noise, data.val_seed + 1)
         n_st, n_sv, n_nt, n_nv = len(sp_tr), len(sp_val), len(no_tr), len(no_val)
         val_files = [f.path for f in sp_val + no_val]
