@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from voipfilter.evaluate.metrics import paired
+
 VBD = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev" / "vbd"
 # Measured this way the dev files sit about 1.5 dB under their nominal (active-speech) SNR,
 # so the edges fall between the nominal 2.5 / 7.5 / 12.5 / 17.5 dB groups.
@@ -76,9 +78,7 @@ def main() -> None:
             v = np.array([scores[m][f] for f in band])
             line = f"  {m:<{w}}  {v.mean():.3f}"
             if m != ref:
-                d = v - np.array([scores[ref][f] for f in band])
-                se = d.std(ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
-                line += f"   {d.mean():+.3f} ± {se:.3f}"
+                line += "   %+.3f ± %.3f" % paired(v, [scores[ref][f] for f in band])
             print(line)
 
 

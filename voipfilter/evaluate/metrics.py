@@ -82,3 +82,12 @@ def nanmean(values) -> float:
     v = np.array([x for x in values if x is not None], dtype=np.float64)
     v = v[np.isfinite(v)]
     return float(v.mean()) if v.size else math.nan
+
+
+def paired(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Mean and standard error of the per-item differences a - b (NaNs dropped pairwise)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if len(d) < 2:
+        return float(np.mean(d)) if len(d) else float("nan"), float("nan")
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))

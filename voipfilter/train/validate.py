@@ -17,24 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from voipfilter.evaluate.metrics import INTRUSIVE, intrusive_lists, nanmean
+from voipfilter.evaluate.metrics import INTRUSIVE, intrusive_lists, nanmean, paired
 from voipfilter.nn.checkpoint import load_checkpoint
 from .config import load_config
 from .data import build_data
 from .loss import HybridLoss
 from .trainer import score_mixes
-
-
-def paired(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Mean and standard error of the per-mix differences a - b (NaNs dropped pairwise)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    d = d[np.isfinite(d)]
-    if len(d) < 2:
-        return float(np.mean(d)) if len(d) else float("nan"), float("nan")
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
