@@ -224,3 +224,52 @@ def test_average_of_checkpoints(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["average", str(tmp_path / "a.pt"), "-o", str(out)]) == 2
     assert "at least two" in capsys.readouterr().err
+
+
+def _grads(params, out: torch.Tensor, probe: torch.Tensor) -> list[torch.Tensor]:
+    return list(torch.autograd.grad((out * probe).sum(), params))
+
+
+@pytest.mark.parametrize("dilation", [1, 5])
+@pytest.mark.parametrize("kind", ["pointwise", "depthwise"])
+def test_fast_conv_is_the_transposed_conv(kind: str, dilation: int) -> None:
+    """The decoder's stride-1 transposed convs, computed as ordinary convs for speed, give
+    the transposed conv's output and gradients (weights, bias and input)."""
+    from voipfilter.nn.gtcrn import GTConvBlock, conv2d
+
+    torch.manual_seed(0)
+    block = GTConvBlock(16, 16, dilation=dilation, transposed=True)
+    conv = block.point_conv1 if kind == "pointwise" else block.depth_conv
+    x = torch.randn(3, conv.in_channels, 20 + 2 * dilation, 33, requires_grad=True)
+    ref, fast = conv(x), conv2d(conv, x)
+    assert fast.shape == ref.shape
+    torch.testing.assert_close(fast, ref, rtol=1e-5, atol=1e-6)
+    probe = torch.randn_like(ref)
+    params = [conv.weight, conv.bias, x]
+    for g_fast, g_ref in zip(_grads(params, fast, probe), _grads(params, ref, probe)):
+        torch.testing.assert_close(g_fast, g_ref, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_grouped_gru_as_one_block_diagonal_gru(bidirectional: bool) -> None:
+    """GRNN runs its two group GRUs as one GRU with block-diagonal weights: output, final
+    state and the gradients of both GRUs' own parameters equal running them apart."""
+    from voipfilter.nn.gtcrn import GRNN
+
+    torch.manual_seed(0)
+    grnn = GRNN(16, 16 if not bidirectional else 8, bidirectional=bidirectional)
+    x = torch.randn(5, 30, 16)
+    h0 = torch.randn(2 if bidirectional else 1, 5, grnn.hidden_size)
+
+    def apart():
+        y1, h1 = grnn.rnn1(x[..., :8], h0[..., : grnn.hidden_size // 2].contiguous())
+        y2, h2 = grnn.rnn2(x[..., 8:], h0[..., grnn.hidden_size // 2 :].contiguous())
+        return torch.cat([y1, y2], -1), torch.cat([h1, h2], -1)
+
+    (y, h), (y_ref, h_ref) = grnn(x, h0), apart()
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, h_ref, rtol=1e-5, atol=1e-6)
+    probe = torch.randn_like(y_ref)
+    params = list(grnn.parameters())
+    for g, g_ref in zip(_grads(params, y, probe), _grads(params, y_ref, probe)):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6)

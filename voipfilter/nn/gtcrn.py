@@ -83,6 +83,35 @@ def sfe(x: torch.Tensor, kernel: int = 3) -> torch.Tensor:
     return torch.stack([xp[..., k : k + n_f] for k in range(kernel)], dim=2).flatten(1, 2)
 
 
+def transposed_as_conv(w: torch.Tensor, groups: int) -> torch.Tensor:
+    """ConvTranspose2d weight (C_in, C_out/g, kT, kF) of stride 1 -> the Conv2d weight
+    (C_out, C_in/g, kT, kF) of the same map: per group in and out swapped, taps flipped."""
+    c_in, c_out_g, kt, kf = w.shape
+    w = w.reshape(groups, c_in // groups, c_out_g, kt, kf).transpose(1, 2)
+    return w.reshape(groups * c_out_g, c_in // groups, kt, kf).flip(2, 3)
+
+
+def conv2d(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)``, with a stride-1 transposed conv computed as the ordinary conv it equals.
+
+    Same parameters, same map, but several times faster to train on a CPU: PyTorch has no
+    oneDNN path for transposed convs and falls back to a slow generic kernel. Depthwise
+    convs run channels-last, the layout oneDNN's depthwise kernels want.
+    """
+    if isinstance(conv, nn.ConvTranspose2d):
+        if any(s != 1 for s in conv.stride) or any(p != 0 for p in conv.output_padding):
+            return conv(x)
+        weight = transposed_as_conv(conv.weight, conv.groups)
+        padding = tuple(d * (k - 1) - p for d, k, p in zip(conv.dilation, conv.kernel_size, conv.padding))
+    else:
+        weight, padding = conv.weight, conv.padding
+    if conv.groups > 1 and conv.groups == x.shape[1] and x.device.type == "cpu":
+        x = x.contiguous(memory_format=torch.channels_last)
+        y = F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+        return y.contiguous()
+    return F.conv2d(x, weight, conv.bias, conv.stride, padding, conv.dilation, conv.groups)
+
+
 class ConvBlock(nn.Module):
     """Conv (or transposed conv) + BatchNorm + PReLU (Tanh for the last decoder layer)."""
 
@@ -143,15 +172,36 @@ class GTConvBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x1, x2 = torch.chunk(x, 2, dim=1)
-        h = self.point_act(self.point_bn1(self.point_conv1(sfe(x1))))
+        h = self.point_act(self.point_bn1(conv2d(self.point_conv1, sfe(x1))))
         h = F.pad(h, (0, 0, self.pad_frames, 0))
-        h = self.depth_act(self.depth_bn(self.depth_conv(h)))
-        h = self.tra(self.point_bn2(self.point_conv2(h)))
+        h = self.depth_act(self.depth_bn(conv2d(self.depth_conv, h)))
+        h = self.tra(self.point_bn2(conv2d(self.point_conv2, h)))
         return channel_shuffle(h, x2)
 
 
+def block_diag_gru_weights(rnn1: nn.GRU, rnn2: nn.GRU) -> list[torch.Tensor]:
+    """The flat weights of one GRU equal to ``rnn1`` and ``rnn2`` run side by side on the
+    two halves of the input (hidden = [h1, h2]): block-diagonal per gate (r, z, n).
+
+    Built from the two GRUs' parameters with differentiable ops, so training through it
+    trains them; in nn.GRU's ``_flat_weights`` order."""
+    out = []
+    for name in rnn1._flat_weights_names:
+        a, b = getattr(rnn1, name), getattr(rnn2, name)
+        gates = zip(a.chunk(3, dim=0), b.chunk(3, dim=0))
+        if a.dim() == 2:
+            out.append(torch.cat([torch.block_diag(ga, gb) for ga, gb in gates], dim=0))
+        else:
+            out.append(torch.cat([torch.cat([ga, gb]) for ga, gb in gates]))
+    return out
+
+
 class GRNN(nn.Module):
-    """Grouped GRU: the feature halves go through two independent GRUs."""
+    """Grouped GRU: the feature halves go through two independent GRUs.
+
+    Computed as one GRU with block-diagonal weights (``block_diag_gru_weights``): the same
+    map with half the sequential steps, which is what a GRU costs on a CPU.
+    """
 
     def __init__(self, input_size: int, hidden_size: int, bidirectional: bool = False):
         super().__init__()
@@ -163,11 +213,15 @@ class GRNN(nn.Module):
     def forward(self, x: torch.Tensor, h: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if h is None:
             h = x.new_zeros(self.directions, x.shape[0], self.hidden_size)
-        x1, x2 = torch.chunk(x, 2, dim=-1)
-        h1, h2 = torch.chunk(h, 2, dim=-1)
-        y1, h1 = self.rnn1(x1, h1.contiguous())
-        y2, h2 = self.rnn2(x2, h2.contiguous())
-        return torch.cat([y1, y2], dim=-1), torch.cat([h1, h2], dim=-1)
+        weights = block_diag_gru_weights(self.rnn1, self.rnn2)
+        y, h = torch._VF.gru(x, h.contiguous(), weights, True, 1, 0.0, self.training,
+                             self.directions == 2, True)
+        if self.directions == 2:
+            # one merged biGRU emits [g1 fwd, g2 fwd, g1 bwd, g2 bwd]; the grouped order is
+            # [g1 fwd, g1 bwd, g2 fwd, g2 bwd]
+            q = self.hidden_size // 2
+            y = y.unflatten(-1, (2, 2, q)).transpose(-3, -2).flatten(-3)
+        return y, h
 
 
 class DPGRNN(nn.Module):

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .config import GTCRNConfig
-from .gtcrn import DPGRNN, GTCRN, ConvBlock, GTConvBlock, GRNN, TRA
+from .gtcrn import DPGRNN, GTCRN, ConvBlock, GTConvBlock, GRNN, TRA, block_diag_gru_weights, transposed_as_conv
 
 
 @dataclass(frozen=True)
@@ -54,41 +54,17 @@ def _fold_conv_transpose(conv: nn.ConvTranspose2d, bn: nn.BatchNorm2d) -> tuple[
     return w, conv.bias * scale + shift
 
 
-def _transposed_as_conv(w: torch.Tensor, groups: int) -> torch.Tensor:
-    """ConvTranspose2d weight (C_in, C_out/g, kT, kF), stride 1 -> equivalent Conv2d weight."""
-    c_in, c_out_g, kt, kf = w.shape
-    w = w.reshape(groups, c_in // groups, c_out_g, kt, kf).transpose(1, 2)
-    return w.reshape(groups * c_out_g, c_in // groups, kt, kf).flip(2, 3)
-
-
 def _prelu(act: nn.PReLU) -> torch.Tensor:
     return act.weight.detach().clone()
 
 
 def _block_diag_gru(grnn: GRNN) -> nn.GRU:
     """One GRU equal to GRNN's two group GRUs run side by side (hidden = [g1, g2])."""
-    r1, r2 = grnn.rnn1, grnn.rnn2
-    h, i = r1.hidden_size, r1.input_size
-    gru = nn.GRU(2 * i, 2 * h, 1, bidirectional=r1.bidirectional)
-    suffixes = ["", "_reverse"] if r1.bidirectional else [""]
+    r1 = grnn.rnn1
+    gru = nn.GRU(2 * r1.input_size, 2 * r1.hidden_size, 1, bidirectional=r1.bidirectional)
     with torch.no_grad():
-        for sfx in suffixes:
-            w_ih = torch.zeros(3 * 2 * h, 2 * i)
-            w_hh = torch.zeros(3 * 2 * h, 2 * h)
-            b_ih = torch.zeros(3 * 2 * h)
-            b_hh = torch.zeros(3 * 2 * h)
-            for g, r in enumerate((r1, r2)):
-                for gate in range(3):  # r, z, n
-                    rows = slice(gate * 2 * h + g * h, gate * 2 * h + (g + 1) * h)
-                    src = slice(gate * h, (gate + 1) * h)
-                    w_ih[rows, g * i : (g + 1) * i] = getattr(r, f"weight_ih_l0{sfx}")[src]
-                    w_hh[rows, g * h : (g + 1) * h] = getattr(r, f"weight_hh_l0{sfx}")[src]
-                    b_ih[rows] = getattr(r, f"bias_ih_l0{sfx}")[src]
-                    b_hh[rows] = getattr(r, f"bias_hh_l0{sfx}")[src]
-            getattr(gru, f"weight_ih_l0{sfx}").copy_(w_ih)
-            getattr(gru, f"weight_hh_l0{sfx}").copy_(w_hh)
-            getattr(gru, f"bias_ih_l0{sfx}").copy_(b_ih)
-            getattr(gru, f"bias_hh_l0{sfx}").copy_(b_hh)
+        for name, w in zip(gru._flat_weights_names, block_diag_gru_weights(grnn.rnn1, grnn.rnn2)):
+            getattr(gru, name).copy_(w)
     return gru
 
 
@@ -118,18 +94,18 @@ class StreamGTConv(nn.Module):
         super().__init__()
         self.dilation = block.dilation
         w1 = block.point_conv1.weight
-        w1 = _transposed_as_conv(w1, 1) if transposed else w1  # (hidden, 3*half, 1, 1)
+        w1 = transposed_as_conv(w1, 1) if transposed else w1  # (hidden, 3*half, 1, 1)
         hidden = w1.shape[0]
         half = w1.shape[1] // 3
         w1 = w1.reshape(hidden, half, 3).unsqueeze(2)  # SFE + pointwise = (1, 3) conv
         self.w1, self.b1 = map(nn.Parameter, _fold_conv(w1, block.point_conv1.bias, block.point_bn1))
         self.a1 = nn.Parameter(_prelu(block.point_act))
         wd = block.depth_conv.weight
-        wd = _transposed_as_conv(wd, block.depth_conv.groups) if transposed else wd
+        wd = transposed_as_conv(wd, block.depth_conv.groups) if transposed else wd
         self.wd, self.bd = map(nn.Parameter, _fold_conv(wd, block.depth_conv.bias, block.depth_bn))
         self.ad = nn.Parameter(_prelu(block.depth_act))
         w2 = block.point_conv2.weight
-        w2 = _transposed_as_conv(w2, 1) if transposed else w2
+        w2 = transposed_as_conv(w2, 1) if transposed else w2
         self.w2, self.b2 = map(nn.Parameter, _fold_conv(w2, block.point_conv2.bias, block.point_bn2))
         self.tra = StreamTRA(block.tra, n_bands)
         self.groups = hidden
