@@ -94,9 +94,10 @@ def transposed_as_conv(w: torch.Tensor, groups: int) -> torch.Tensor:
 def conv2d(conv: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)``, with a stride-1 transposed conv computed as the ordinary conv it equals.
 
-    Same parameters, same map, but several times faster to train on a CPU: PyTorch has no
-    oneDNN path for transposed convs and falls back to a slow generic kernel. Depthwise
-    convs run channels-last, the layout oneDNN's depthwise kernels want.
+    Same parameters, same map, faster to train on a CPU: PyTorch has no oneDNN path for
+    transposed convs and falls back to a slow generic kernel. Depthwise convs run
+    channels-last, the layout oneDNN's depthwise kernels are fast in
+    (``benchmarks/train_step.py``).
     """
     if isinstance(conv, nn.ConvTranspose2d):
         if any(s != 1 for s in conv.stride) or any(p != 0 for p in conv.output_padding):
