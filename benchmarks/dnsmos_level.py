@@ -51,11 +51,14 @@ def main() -> None:
         ref_rms = None
         for m in args.models:
             y = enhance_array(x, 16000, denoiser=Denoiser(m, sample_rate=16000))
-            ref_rms = ref_rms or rms(y)
-            gain = ref_rms / max(rms(y), 1e-12)
-            as_is, matched = dnsmos(y)["ovrl"], dnsmos(y * gain)["ovrl"]
+            level = max(rms(y), 1e-12)
+            if ref_rms is None:
+                ref_rms = level
+            gain = ref_rms / level
+            as_is = dnsmos(y)["ovrl"]
+            matched = as_is if gain == 1.0 else dnsmos(y * gain)["ovrl"]
             rows[Path(m).name].append((as_is, matched))
-            print(f"  {Path(m).name}: OVRL {as_is:.3f} at its level ({20 * np.log10(rms(y)):.1f} dBFS), "
+            print(f"  {Path(m).name}: OVRL {as_is:.3f} at its level ({20 * np.log10(level):.1f} dBFS), "
                   f"{matched:.3f} at the first model's ({20 * np.log10(gain):+.1f} dB)")
     for name, r in rows.items():
         a = np.array(r)
