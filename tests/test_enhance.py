@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 
 from conftest import require_module
+from voipfilter.anyrate import AnyRateDenoiser
 from voipfilter.cli import main
 from voipfilter.denoiser import Denoiser
 from voipfilter.enhance import enhance_array
@@ -87,9 +88,34 @@ def test_keep_delay_lags_by_exactly_delay_samples(tmp_path, identity_path, rate)
     assert lag_of(live.astype(np.float32), x, d + 500) == d
 
 
-def test_chunk_size_does_not_change_the_file(tmp_path, identity_path):
-    x = resample(noise16(8000, seed=2), 16000, 44100)
-    src = write(tmp_path / "in.wav", x, 44100)
+@pytest.mark.parametrize("rate", [22050, 11025])
+def test_other_rates_are_resampled_with_the_delay_exact(tmp_path, identity_path, capsys, rate):
+    """A rate Denoiser does not take goes to 16 kHz and back: with the identity model the
+    aligned output is the input (band-limited below 4 kHz, so the resamplers keep all of it),
+    and --keep-delay lags it by exactly the reported delay, one sample either way far worse."""
+    x = 0.5 * resample(noise16(8000, seed=5), 8000, rate)  # content below 4 kHz
+    src = write(tmp_path / "in.wav", x, rate, subtype="FLOAT")
+    model = ["--model", str(identity_path)]
+    assert main(["enhance", str(src), "-o", str(tmp_path / "a.wav"), *model]) == 0
+    d = AnyRateDenoiser(identity_path, rate).delay_samples
+    assert f"{rate} Hz, filtered at 16000 Hz" in capsys.readouterr().err
+    assert main(["enhance", str(src), "-o", str(tmp_path / "l.wav"), *model, "--keep-delay"]) == 0
+    assert f"delayed by the filter's {d} samples" in capsys.readouterr().err
+    aligned, r1 = sf.read(str(tmp_path / "a.wav"), dtype="float32")
+    live, r2 = sf.read(str(tmp_path / "l.wav"), dtype="float32")
+    assert r1 == r2 == rate and len(aligned) == len(live) == len(x)
+    settled = slice(rate // 10, -rate // 10)  # away from the start-up and the end
+    assert np.abs(aligned - x)[settled].max() < 1e-3
+    np.testing.assert_array_equal(live[d:], aligned[:-d])
+    for lag, bound in ((d, 1e-3), (d - 1, None), (d + 1, None)):
+        err = np.abs(live[lag:] - x[: len(x) - lag])[settled].max()
+        assert err < 1e-3 if bound else err > 0.05, (lag, err)
+
+
+@pytest.mark.parametrize("rate", [44100, 22050])
+def test_chunk_size_does_not_change_the_file(tmp_path, identity_path, rate):
+    x = resample(noise16(8000, seed=2), 16000, rate)
+    src = write(tmp_path / "in.wav", x, rate)
     outs = []
     for ms in ("0.5", "20", "93"):
         out = tmp_path / f"out-{ms}.wav"
@@ -129,13 +155,13 @@ def _no_outputs(folder: Path) -> bool:
 
 def test_errors_exit_2_and_write_nothing(tmp_path, identity_path, capsys):
     good = write(tmp_path / "good.wav", noise16(16000), 16000)
-    bad_rate = write(tmp_path / "rate.wav", noise16(11025), 11025)
+    bad_rate = write(tmp_path / "rate.wav", noise16(500), 500)
     junk = tmp_path / "junk.wav"
     junk.write_bytes(b"RIFF....not really a wav")
     out = tmp_path / "out"
     cases = [
         ([str(good), str(tmp_path / "missing.wav")], "no such file"),
-        ([str(good), str(bad_rate)], "unsupported sample rate 11025"),
+        ([str(good), str(bad_rate)], "unsupported sample rate 500"),
         ([str(good), str(junk)], "cannot read audio"),
     ]
     for inputs, message in cases:

@@ -24,8 +24,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+DESCRIPTION = "Real-time noise suppression for WebRTC and VoIP calls: files, a demo call server, benchmarks, training."
+EPILOG = "Run 'voipfilter COMMAND -h' for the options of a command."
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="voipfilter", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="voipfilter", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("-V", "--version", action="version", version=f"voipfilter {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -33,13 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``voipfilter ARGV``; Ctrl-C ends any command with one line and exit code 130."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0] if argv and argv[0] in COMMANDS else None
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print(f"voipfilter{' ' + name if name else ''}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] not in COMMANDS:
         parser = build_parser()
-        if argv and not argv[0].startswith("-"):
-            parser.error(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}")
-        parser.print_help()
-        return 0 if argv else 2
+        if not argv:
+            parser.print_help()
+            return 2
+        if argv[0].startswith("-"):
+            parser.parse_args(argv)  # -h / --version exit here; anything else is an error
+        parser.error(f"unknown command {argv[0]!r}; choose one of: {', '.join(COMMANDS)}")
     name = argv[0]
     module_name, help_text = COMMANDS[name]
     try:
