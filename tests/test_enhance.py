@@ -179,6 +179,15 @@ def test_errors_exit_2_and_write_nothing(tmp_path, identity_path, capsys):
     assert not list(tmp_path.glob("*.part"))
 
 
+@pytest.mark.parametrize("rate", [16000, 22050])
+def test_any_length_comes_back_as_long(identity_path, rate):
+    """Shorter than the delay, exactly it, longer: the output is as long as the input."""
+    x = noise16(3000, seed=6)
+    for n in (0, 1, 255, 511, 512, 881, 882, 883, 3000):
+        for keep in (False, True):
+            assert len(enhance_array(x[:n], rate, model=identity_path, keep_delay=keep)) == n, (n, keep)
+
+
 def test_enhance_array_matches_the_streaming_denoiser(identity_path):
     x = noise16(20000, seed=4)
     den = Denoiser(identity_path, 16000)

@@ -195,7 +195,8 @@ def _plan(args) -> list[tuple[Path, Path]] | str:
         if len(inputs) == 2 and _is_audio_name(inputs[-1]) and not inputs[-1].exists():
             output = str(inputs.pop())
         else:
-            exists = f" ({inputs[-1]} exists, so it is taken as an input)" if len(inputs) == 2 else ""
+            taken = len(inputs) == 2 and inputs[-1].exists()
+            exists = f" ({inputs[-1]} exists, so it is taken as an input)" if taken else ""
             return f"give the output with -o: OUT.wav (or .flac...) for one input, a folder for several{exists}"
     out = Path(output)
     if out.is_dir() or not out.suffix:
