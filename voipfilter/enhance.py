@@ -104,6 +104,13 @@ def enhance_array(
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
 
 
+def _check_rate(path: Path, rate: int) -> None:
+    try:
+        check_any_rate(rate)
+    except ValueError as exc:
+        raise AudioFileError(f"{path}: {exc}") from None
+
+
 def _read_blocks(path: Path, blocksize: int, progress: Callable[[int], None] | None) -> Iterator[np.ndarray]:
     import soundfile as sf
 
@@ -130,10 +137,7 @@ def enhance_file(
     is called with each block's number of input samples. Returns a small report dict."""
     in_path, out_path = Path(in_path), Path(out_path)
     rate, channels, _ = probe(in_path)
-    try:
-        check_any_rate(rate)
-    except ValueError as exc:
-        raise AudioFileError(f"{in_path}: {exc}") from None
+    _check_rate(in_path, rate)
     den = denoiser_for(model, rate)
     chunk = _chunk(rate, chunk_ms)
     blocksize = chunk * max(1, BLOCK_SAMPLES // chunk)
@@ -248,10 +252,7 @@ def run(args) -> int:
     for src, dst in plan:
         try:
             rate, channels, frames = probe(src)
-            try:
-                check_any_rate(rate)
-            except ValueError as exc:
-                raise AudioFileError(f"{src}: {exc}") from None
+            _check_rate(src, rate)
             check_writable(dst, rate)
         except AudioFileError as exc:
             return _fail(str(exc))
