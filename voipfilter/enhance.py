@@ -157,7 +157,8 @@ output (-o OUT):
     soundfile writes): writes that file, in that format; again on every run (overwritten)
   OUT an existing folder, or a name without an extension: a folder (made if missing) with
     one <stem>.wav per input; several inputs need a folder
-  no -o: with two names, the second is the output file if it does not exist yet
+  no -o: of two names, the second is the output file if it has an audio extension and
+    does not exist yet
 """
 
 
