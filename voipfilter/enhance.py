@@ -271,14 +271,14 @@ def run(args) -> int:
     os.makedirs(plan[0][1].parent, exist_ok=True)
 
     bar = None
-    if not args.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=sum(seconds), desc="enhance", unit="s", file=sys.stderr,
-                   bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
     done = 0
-    src = dst = None
+    src, dst = plan[0]
     try:
+        if not args.quiet:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sum(seconds), desc="enhance", unit="s", file=sys.stderr,
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s of audio [{elapsed}<{remaining}]")
         for (src, dst), rate in zip(plan, rates):
             progress = None if bar is None else (lambda n, r=rate: bar.update(n / r))
             info = enhance_file(src, dst, model=model, keep_delay=args.keep_delay, chunk_ms=args.chunk_ms,
@@ -289,6 +289,8 @@ def run(args) -> int:
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
+        elif not args.quiet:  # interrupted while the bar was being drawn: end its line
+            print(file=sys.stderr)
         earlier = f"; the {done} output(s) before it are complete" if done else ""
         print(f"voipfilter enhance: interrupted; {dst} not written{earlier}", file=sys.stderr)
         return 130
