@@ -13,7 +13,7 @@ Scored against the clean file, with the noisy input as a third row:
 
     python benchmarks/fullband.py                       # the table of docs/benchmarks.md
     python benchmarks/fullband.py --sweep               # also gain variants (band, smoothing)
-    python benchmarks/fullband.py --png docs/img --png-files p232_001 p257_009
+    python benchmarks/fullband.py --png docs/img --only p232_001 p257_009   # the PNGs of docs/img
 
 ``--png`` also draws spectrograms (clean / noisy / band-limited / full-band) of the files named
 by ``--png-files``; that needs matplotlib (in the ``eval`` extra). Needs the ``eval`` extra
@@ -82,7 +82,8 @@ def draw(path: Path, name: str, signals: dict[str, np.ndarray], sr: int) -> None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(len(signals), 1, figsize=(9, 2.1 * len(signals)), sharex=True, sharey=True)
+    fig, axes = plt.subplots(len(signals), 1, figsize=(8, 1.8 * len(signals)), sharex=True, sharey=True, dpi=72,
+                             layout="constrained")
     ref_db = 10 * np.log10(power_spectrogram(signals["clean"]).max())
     for ax, (label, x) in zip(axes, signals.items()):
         p = 10 * np.log10(np.maximum(power_spectrogram(x), FLOOR)) - ref_db
@@ -95,7 +96,10 @@ def draw(path: Path, name: str, signals: dict[str, np.ndarray], sr: int) -> None
     axes[-1].set_xlabel("s")
     fig.colorbar(im, ax=axes, label="dB (re clean max)", shrink=0.6)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
+    fig.canvas.draw()
+    from PIL import Image  # matplotlib's own dependency; a 128-colour PNG is a fraction of the size
+
+    Image.fromarray(np.asarray(fig.canvas.buffer_rgba())[..., :3]).quantize(128).save(path, optimize=True)
     plt.close(fig)
 
 
@@ -106,8 +110,11 @@ def main() -> int:
     ap.add_argument("--sweep", action="store_true", help="also score the gain variants in SWEEP")
     ap.add_argument("--png", type=Path, help="write spectrogram PNGs into this folder")
     ap.add_argument("--png-files", nargs="*", default=["p232_001", "p257_009"], help="file stems to draw")
+    ap.add_argument("--only", nargs="*", help="score only these file stems (e.g. just the ones to draw)")
     args = ap.parse_args()
     files = sorted((args.vbd48 / "noisy").glob("*.flac"))
+    if args.only:
+        files = [f for f in files if f.stem in args.only]
     if not files:
         print(f"no noisy files in {args.vbd48 / 'noisy'}", file=sys.stderr)
         return 2

@@ -246,3 +246,29 @@ def test_bad_fullband_argument(identity):
         HighBandConfig((8000.0, 5000.0))
     with pytest.raises(ValueError, match="attack_ms"):
         HighBandConfig(attack_ms=-1.0)
+
+
+# ---------------------------------------------------------------------------- the track and enhance get it
+def test_enhance_is_full_band_by_default(top_attenuated):
+    from voipfilter.enhance import enhance_array
+
+    x = noise(48000, seed=14)
+    y = enhance_array(x, 48000, model=top_attenuated)  # delay removed
+    high = band_gain_db(x, y, 0, 48000, 9000, 22000)
+    assert -25 < high <= -15, f"high band {high:.1f} dB"
+
+
+async def test_track_is_full_band_by_default(top_attenuated):
+    pytest.importorskip("aiortc")
+    from trackutil import FakeSource, drain, frames_of, out_mono
+    from voipfilter.track import NoiseSuppressionTrack
+
+    x = noise(48000, seed=15, amp=0.2)
+    track = NoiseSuppressionTrack(FakeSource(frames_of(x, 48000, 960)), model=top_attenuated)
+    y = out_mono(await drain(track))
+    d = round(track.delay_ms * 48)
+    assert d == Denoiser(top_attenuated, 48000).delay_samples
+    n = min(len(x), len(y))
+    high = band_gain_db(x[:n], y[:n], d, 48000, 9000, 22000)
+    assert -25 < high <= -15, f"high band {high:.1f} dB"  # band-limited would be < -40 dB
+    assert abs(band_gain_db(x[:n], y[:n], d, 48000, 500, 3500)) < 0.5

@@ -368,8 +368,8 @@ class Denoiser:
         if self._highband is not None:
             # The up-resampled core output is enhanced low band - gain * low band; adding
             # gain * (full-band input) leaves enhanced low band + gain * high band.
-            t = (np.arange(n, dtype=np.float64) + (self._n_out - self._timing.delay_samples)) * self._time_scale
-            y = y + self._highband.gains_at(t) * dry
+            g = self._highband.gains_at(self._n_out - self._timing.delay_samples, n, self._time_scale)
+            y += g * dry
         self._n_out += n
 
         target = self._target_mix()

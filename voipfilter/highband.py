@@ -76,18 +76,20 @@ class HighBandGain:
 
     def reset(self) -> None:
         self._g = 1.0
-        # Knot i is hop (self._k0 + i)'s gain at model-rate time hop * (self._k0 + i); the
-        # stream starts from knot -1 = 1 (pass), before any hop has been seen.
-        self._k0 = -1
-        self._knots = [1.0]
+        # Knot i: hop index _at[i] (frame centre at model-rate time hop * _at[i]), gain
+        # _knots[i]; the stream starts from knot -1 = 1 (pass), before any hop is seen.
+        self._at = np.empty(32, dtype=np.float64)
+        self._knots = np.empty(32, dtype=np.float64)
+        self._at[0], self._knots[0], self._n = -1.0, 1.0, 1
+        self._steps = np.zeros(0, dtype=np.float64)
 
     @property
     def gain(self) -> float:
         """The latest hop's gain."""
-        return self._knots[-1]
+        return float(self._knots[self._n - 1])
 
     def update(self, spec: np.ndarray, enh: np.ndarray, ok: bool = True) -> float:
-        """Take hop k's gain from its noisy and enhanced spectra ((1, F, 1, 2) float32).
+        """Take the next hop's gain from its noisy and enhanced spectra ((1, F, 1, 2) float32).
 
         ``ok=False`` (the model step failed and the hop passed through unprocessed): gain 1,
         so the high band also passes unprocessed.
@@ -105,26 +107,39 @@ class HighBandGain:
             else:
                 g = self._g
         self._g = g
-        self._knots.append(g)
+        n = self._n
+        if n == len(self._knots):
+            self._at = np.concatenate([self._at, np.empty(n, dtype=np.float64)])
+            self._knots = np.concatenate([self._knots, np.empty(n, dtype=np.float64)])
+        self._at[n] = self._at[n - 1] + 1.0
+        self._knots[n] = g
+        self._n = n + 1
         return g
 
     def ramp(self) -> np.ndarray:
         """Model-rate gains for the content of the hop just updated: ``hop`` samples from the
         previous hop's gain towards this one's (frame centres ``hop`` apart)."""
-        g0, g1 = self._knots[-2], self._knots[-1]
+        g0, g1 = float(self._knots[self._n - 2]), float(self._knots[self._n - 1])
         if g0 == g1:
             return np.full(self.hop, g1, dtype=np.float32)
         return np.float32(g0) + np.float32(g1 - g0) * self._frac
 
-    def gains_at(self, t: np.ndarray) -> np.ndarray:
-        """Gains at model-rate content times ``t`` (ascending float64), as float32; knots
-        before ``t[0]`` that no later call can need are dropped."""
-        knots = np.asarray(self._knots)
-        times = self.hop * np.arange(self._k0, self._k0 + len(knots), dtype=np.float64)
-        g = np.interp(t, times, knots).astype(np.float32)
-        # Keep the last knot at or before t[-1]: the next call's times start after it.
-        drop = int(np.searchsorted(times, t[-1], side="right")) - 1
+    def gains_at(self, first: int, n: int, scale: float) -> np.ndarray:
+        """Gains (float32) for ``n`` stream samples whose model-rate content times are
+        ``(first + i) * scale`` (first an integer); knots no later call can need are dropped.
+
+        Times are formed the same way whatever the chunking (an exact integer times one
+        constant), so the gains, like the rest of the output, do not depend on it.
+        """
+        if len(self._steps) != n:
+            self._steps = np.arange(n, dtype=np.float64)
+        x = (self._steps + float(first)) * (scale / self.hop)  # in hops
+        k = self._n
+        g = np.interp(x, self._at[:k], self._knots[:k]).astype(np.float32)
+        # Keep the last knot at or before x[-1]: the next call's times start after it.
+        drop = min(k - 1, int(math.floor(x[-1] - self._at[0])))
         if drop > 0:
-            del self._knots[:drop]
-            self._k0 += drop
+            self._at[: k - drop] = self._at[drop:k]
+            self._knots[: k - drop] = self._knots[drop:k]
+            self._n = k - drop
         return g
