@@ -3,6 +3,8 @@
 ``make_identity_model(path)`` writes a model whose enhanced spectrum is ``gain * spec`` and
 whose single state ``h`` (B, 4) comes back as ``h_out = h + 1``, so a test can see that
 state is carried from hop to hop (after k hops of one stream, every element of h is k).
+``bin_gains`` (one real gain per frequency bin) makes it a fixed mask instead: ``enh[f] =
+bin_gains[f] * spec[f]``, e.g. to pass or attenuate the top bins.
 
 ``fail=True`` gives a model that loads fine but raises inside ``InferenceSession.run`` on
 every hop; ``fail_after=N`` runs normally for N hops of a stream (state h < N) and raises
@@ -44,6 +46,7 @@ def make_identity_model(
     fail_after: int | None = None,
     model_name: str = "identity",
     opset: int = 17,
+    bin_gains=None,
 ) -> Path:
     """Write a contract-following identity model to ``path`` and return the path."""
     import numpy as np
@@ -57,8 +60,15 @@ def make_identity_model(
     enh = helper.make_tensor_value_info("enh", TensorProto.FLOAT, ["B", n_freq, 1, 2])
     h_out = helper.make_tensor_value_info(f"{STATE_NAME}_out", TensorProto.FLOAT, ["B", STATE_SIZE])
 
+    if bin_gains is not None:
+        bin_gains = np.asarray(bin_gains, dtype=np.float32)
+        if bin_gains.shape != (n_freq,):
+            raise ValueError(f"bin_gains must have {n_freq} values, got shape {bin_gains.shape}")
+        gain_array = gain * bin_gains.reshape(1, n_freq, 1, 1)
+    else:
+        gain_array = np.array(gain, dtype=np.float32)
     inits = [
-        numpy_helper.from_array(np.array(gain, dtype=np.float32), name="gain"),
+        numpy_helper.from_array(gain_array.astype(np.float32), name="gain"),
         numpy_helper.from_array(np.array(1.0, dtype=np.float32), name="one"),
     ]
     nodes = [helper.make_node("Add", [STATE_NAME, "one"], [f"{STATE_NAME}_out"])]
@@ -103,7 +113,7 @@ def make_identity_model(
         "state_names": json.dumps([STATE_NAME]),
         "state_shapes": json.dumps([[-1, STATE_SIZE]]),  # -1 marks the batch axis
         "model_name": model_name,
-        "model_card": f"# {model_name}\n\nSynthetic test model: enh = {gain} * spec.\n",
+        "model_card": f"# {model_name}\n\nSynthetic test model: enh = {'bin_gains * ' if bin_gains is not None else ''}{gain} * spec.\n",
     }
     onnx.helper.set_model_props(model, meta)
     onnx.checker.check_model(model)

@@ -421,4 +421,6 @@ def test_bench_runs_and_reports(identity_path, tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["ours"]["ms_per_hop"] > 0 and res["reference"]["ms_per_hop"] > 0
     assert 1535 <= res["full_path"]["delay_samples"] <= 1536 + 120 and res["threads"] == 1
+    assert "band-limited (fullband=False)" in text
+    assert res["full_path"]["band_limited"]["cpu_rtf"] > 0 and res["full_path"]["cpu_ratio_fullband_to_band_limited"] > 0
     assert main(["bench", "--model", str(identity_path), "--reference", str(tmp_path / "none.onnx")]) == 2

@@ -8,7 +8,8 @@ Measures, in one run, on the same audio:
 
 each inside the same numpy STFT loop (analysis → session.run → overlap-add, one hop at a time,
 state carried), interleaved round by round so that machine load affects both alike; and
-3. the full ``Denoiser.process`` path at 48 kHz on 20 ms frames (resampling included).
+3. the full ``Denoiser.process`` path at 48 kHz on 20 ms frames (resampling included), the
+   default full-band output and the band-limited one (``fullband=False``) in alternate rounds.
 
 Real-time factor = processing time / audio duration (lower is better; 0.03 = 3 % of one core).
 Reported numbers are medians over rounds, as wall-clock time and as the calling thread's CPU
@@ -108,10 +109,10 @@ def _count_nodes(path: Path) -> int | None:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def _time_denoiser(model, x: np.ndarray, rate: int, frame: int) -> tuple[float, float, list[float]]:
+def _time_denoiser(model, x: np.ndarray, rate: int, frame: int, fullband: bool = True) -> tuple[float, float, list[float]]:
     from .denoiser import Denoiser
 
-    den = Denoiser(model, sample_rate=rate)
+    den = Denoiser(model, sample_rate=rate, fullband=fullband)
     times = []
     gc.collect()
     n_frames = len(x) // frame
@@ -180,11 +181,13 @@ def bench(
     frame = int(round(full_rate * frame_ms / 1000))
     _time_denoiser(ours_model, x_full[: full_rate], full_rate, frame)  # warm-up (resampler probes)
     full_rtf, full_cpu, frame_times = [], [], []
-    for _ in range(rounds):
-        rtf, cpu, times = _time_denoiser(ours_model, x_full, full_rate, frame)
-        full_rtf.append(rtf)
-        full_cpu.append(cpu)
-        frame_times.extend(times)
+    bl_rtf, bl_cpu, bl_times = [], [], []
+    for i in range(rounds):
+        for fullband in (True, False) if i % 2 == 0 else (False, True):  # alternate who goes first
+            rtf, cpu, times = _time_denoiser(ours_model, x_full, full_rate, frame, fullband=fullband)
+            (full_rtf if fullband else bl_rtf).append(rtf)
+            (full_cpu if fullband else bl_cpu).append(cpu)
+            (frame_times if fullband else bl_times).extend(times)
 
     def hop_result(r: _HopRunner) -> dict:
         ms = statistics.median(per_hop[r.label]) * 1e3
@@ -214,10 +217,20 @@ def bench(
             "rtf": statistics.median(full_rtf),
             "rtf_rounds": full_rtf,
             "cpu_rtf": statistics.median(full_cpu),
+            "cpu_rtf_rounds": full_cpu,
             "ms_per_frame_median": statistics.median(frame_times) * 1e3,
             "ms_per_frame_p99": float(np.percentile(frame_times, 99)) * 1e3,
             "rtf_median_frame": statistics.median(frame_times) / (frame_ms / 1e3),
             "delay_samples": None,
+            "band_limited": {
+                "rtf": statistics.median(bl_rtf),
+                "rtf_rounds": bl_rtf,
+                "cpu_rtf": statistics.median(bl_cpu),
+                "cpu_rtf_rounds": bl_cpu,
+                "ms_per_frame_median": statistics.median(bl_times) * 1e3,
+            },
+            # Median of the per-round ratios: each round times both back to back.
+            "cpu_ratio_fullband_to_band_limited": statistics.median([a / b for a, b in zip(full_cpu, bl_cpu)]),
         },
         "environment": {
             "python": platform.python_version(),
@@ -270,6 +283,12 @@ def format_table(res: dict) -> str:
         f"(target <= 0.03; CPU {f['cpu_rtf']:.4f}; {f['rtf_median_frame']:.4f} from the median frame), "
         f"{f['ms_per_frame_median']:.3f} ms/frame median, {f['ms_per_frame_p99']:.3f} ms p99, "
         f"delay {f['delay_samples']} samples"
+    )
+    b = f["band_limited"]
+    lines.append(
+        f"  band-limited (fullband=False): RTF {b['rtf']:.4f} (CPU {b['cpu_rtf']:.4f}), "
+        f"{b['ms_per_frame_median']:.3f} ms/frame median; full-band / band-limited CPU "
+        f"{f['cpu_ratio_fullband_to_band_limited']:.3f} (target <= 1.15)"
     )
     e = res["environment"]
     lines.append(

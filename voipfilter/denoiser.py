@@ -9,8 +9,9 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
   (the fewest that never let it run dry, computed from the resamplers' measured behaviour,
   see :mod:`voipfilter.resample`), so the delay is constant and independent of chunking.
 * ``delay_samples`` (at R) is exact: with an identity model, ``y[n] == x[n - delay]`` at the
-  model rate (to float rounding) and up to the resamplers' band limit at other rates. At
-  16 kHz it is n_fft - 1 = 511 samples; at 48 kHz 1631 (33.98 ms); see ``delay_samples``.
+  model rate and with full-band output (to float rounding), and up to the resamplers' band
+  limit at 8 kHz and with ``fullband=False``. At 16 kHz it is n_fft - 1 = 511 samples; at
+  48 kHz 1631 (33.98 ms), with or without full-band output; see ``delay_samples``.
 * Output for a given input stream is bit-identical however it is chunked.
 * ``enabled = False`` outputs the delay-aligned input (the dry path); the model keeps
   running, so toggling never shifts audio and re-enabling is seamless. ``atten_lim_db``
@@ -21,7 +22,15 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
   noisy spectrum through unprocessed, the rest of the chunk is processed, the stream stays
   aligned, and ``process`` then raises :class:`ModelStepError` whose ``output`` attribute
   holds the full, correctly delayed output of the call. The model state is kept (reset to
-  zeros if it became non-finite). ``model_failures`` counts failed hops.
+  zeros if it became non-finite). ``model_failures`` counts failed hops. A failed hop's
+  high-band gain is 1: both bands pass through.
+* Full-band output (default at R > M, ``fullband=False`` turns it off): the model sees 0-8 kHz
+  only; the band above is kept, scaled by a per-hop gain g from the model's own top bins
+  (:mod:`voipfilter.highband`). The model-rate loop outputs ``enhanced - g * input`` (its
+  input delayed by the block delay is the oldest hop of the analysis frame) and
+  ``y = up(that) + g * dry``: the enhanced low band plus g times what the resamplers remove,
+  with one resampler per direction as before and the same delay. With an identity model
+  (g = 1), ``y`` is the delayed input to float rounding at every rate and chunking.
 """
 from __future__ import annotations
 
@@ -29,11 +38,12 @@ import os
 
 import numpy as np
 
+from .highband import HighBandConfig, HighBandGain
 from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
 from .stft import StreamingAnalysis, StreamingSynthesis
 
-__all__ = ["Denoiser", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
+__all__ = ["Denoiser", "HighBandConfig", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
 
 RAMP_SECONDS = 0.010
 
@@ -108,13 +118,18 @@ class StreamCore:
 
     ``process(x)`` takes any number of model-rate samples and returns hop * (number of
     completed hops) samples whose content is the input delayed by ``n_fft - hop``.
+
+    With ``highband`` (full-band output), each hop's gain is taken from its spectra and the
+    output is ``enhanced - gain * input`` (same delay): what the up-resampler must add to
+    ``gain * full-band input`` to give the enhanced low band plus the gain-scaled high band.
     """
 
-    def __init__(self, model: Model):
+    def __init__(self, model: Model, highband: HighBandGain | None = None):
         self.model = model
         self.hop = model.hop
         self.n_fft = model.n_fft
         self.block_delay = model.n_fft - model.hop
+        self.highband = highband
         self._analysis = StreamingAnalysis(model.n_fft, model.hop)
         self._synthesis = StreamingSynthesis(model.n_fft, model.hop)
         self._pending = np.zeros(model.hop, dtype=np.float32)
@@ -129,6 +144,8 @@ class StreamCore:
         self._analysis.reset()
         self._synthesis.reset()
         self._n_pending = 0
+        if self.highband is not None:
+            self.highband.reset()
         initial = self.model.initial_state(1)
         self._states = [initial[name] for name in self._state_names]
 
@@ -178,7 +195,13 @@ class StreamCore:
                 failed += 1
                 if first_error is None:
                     first_error = err
-            out[k * hop : (k + 1) * hop] = self._synthesis.synthesize(enh)
+            seg = self._synthesis.synthesize(enh)
+            if self.highband is not None:
+                # The output hop is content [hop*(k+1) - n_fft, +hop): the oldest hop of
+                # the analysis buffer, i.e. the input delayed by block_delay.
+                self.highband.update(spec, enh, err is None)
+                seg -= self.highband.ramp() * self._analysis.oldest_hop()
+            out[k * hop : (k + 1) * hop] = seg
         rest = n - pos
         if rest:
             self._pending[:rest] = x[pos:]
@@ -200,6 +223,11 @@ class Denoiser:
         None (no limit) or a non-negative number of dB: the most the filter may attenuate.
     enabled:
         False: bypass (delay-aligned input out).
+    fullband:
+        At rates above the model's (24-48 kHz): True (default) keeps the band above the
+        model's, scaled by a gain from the model's top bins (:mod:`voipfilter.highband`);
+        False gives the band-limited output (nothing above 8 kHz); a
+        :class:`~voipfilter.highband.HighBandConfig` tunes the gain. No effect at 8/16 kHz.
     """
 
     def __init__(
@@ -208,12 +236,28 @@ class Denoiser:
         sample_rate: int = 16000,
         atten_lim_db: float | None = None,
         enabled: bool = True,
+        fullband: "bool | HighBandConfig" = True,
     ):
         self.sample_rate = check_rate(sample_rate)
         self.model = Model.load(model)
-        self._core = StreamCore(self.model)
+        if isinstance(fullband, HighBandConfig):
+            config = fullband
+        elif isinstance(fullband, bool):
+            config = HighBandConfig() if fullband else None
+        else:
+            raise ValueError(f"fullband must be True, False or a HighBandConfig, got {fullband!r}")
+        if self.sample_rate <= self.model.sample_rate:
+            config = None  # the model sees the whole band already
+        highband = (
+            HighBandGain(config, self.model.sample_rate, self.model.n_fft, self.model.hop) if config else None
+        )
+        self._core = StreamCore(self.model, highband)
+        self._highband = highband
         self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
         self._resampling = self.sample_rate != self.model.sample_rate
+        # Stream sample n carries content of stream time n - delay, i.e. model-rate time
+        # (n - delay) * _time_scale, where the high-band gain is looked up.
+        self._time_scale = self.model.sample_rate / self.sample_rate
         self._ramp_step = 1.0 / max(1, round(RAMP_SECONDS * self.sample_rate))
         self._atten_lim_db = check_atten_lim_db(atten_lim_db)
         self._enabled = bool(enabled)
@@ -230,6 +274,11 @@ class Denoiser:
     @property
     def delay_seconds(self) -> float:
         return self._timing.delay_samples / self.sample_rate
+
+    @property
+    def fullband(self) -> bool:
+        """Whether the output keeps the band above the model's (False at 8/16 kHz)."""
+        return self._highband is not None
 
     @property
     def model_failures(self) -> int:
@@ -279,6 +328,7 @@ class Denoiser:
         self._out.push(primed)
         self._dry = _Fifo(4 * t.delay_samples + 8192)
         self._dry.push_zeros(t.delay_samples)
+        self._n_out = 0
         self._mix = self._target_mix()
 
     def _validate(self, x: np.ndarray) -> np.ndarray:
@@ -315,6 +365,12 @@ class Denoiser:
         y = self._out.pop(n)
         self._dry.push(xf)
         dry = self._dry.pop(n)
+        if self._highband is not None:
+            # The up-resampled core output is enhanced low band - gain * low band; adding
+            # gain * (full-band input) leaves enhanced low band + gain * high band.
+            g = self._highband.gains_at(self._n_out - self._timing.delay_samples, n, self._time_scale)
+            y += g * dry
+        self._n_out += n
 
         target = self._target_mix()
         mix = self._mix

@@ -80,6 +80,11 @@ class StreamingAnalysis:
             spec = spec.astype(np.complex64)
         return spec.view(np.float32).reshape(1, self.n_freq, 1, 2)
 
+    def oldest_hop(self) -> np.ndarray:
+        """The first ``hop`` samples of the current frame (unwindowed; a view): the input
+        delayed by n_fft - hop, i.e. the content of the hop ``synthesize`` just completed."""
+        return self._buf[: self.hop]
+
 
 class StreamingSynthesis:
     """One spectrum frame in, hop samples out: ``synthesize(spec) -> (hop,) float32``."""
