@@ -5,9 +5,9 @@ or not, side by side.
 Each run is a fresh process (warm-up is once per process): the demo app on loopback with
 the shipped model, one real aiortc call (tests/test_server.py's caller: paced speech,
 loopback ICE), and the filter's processing time of each of the call's first 60 frames.
-``--no-warm`` runs replace the server's start-up warm-up (voipfilter.track.prewarm) with
-nothing, which is how the server behaved before it had one: the track then warms the
-model in the background when the call is made, racing the call's first frame.
+``no-warm`` runs replace the server's start-up warm-up (voipfilter.track.prewarm) with
+nothing: the track then warms the model in the background when the call is made, racing
+the call's first frame.
 
     python benchmarks/first_frames.py --runs 3
 """

@@ -74,7 +74,7 @@ def _prewarm(model: Any, rate: int) -> None:
         from .denoiser import Denoiser
 
         den = Denoiser(model, sample_rate=rate)
-        for _ in range(5):  # 100 ms: onnxruntime's first runs allocate, later ones do not
+        for _ in range(5):  # 100 ms: several hops through the model, not only the first
             den.process(np.zeros(rate // 50, np.float32))
     except Exception:  # the track reports real errors when it meets them
         pass
