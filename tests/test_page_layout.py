@@ -51,7 +51,10 @@ def test_page_fits_a_390px_screen_and_the_sum_includes_everything_else(browser_r
         assert "measure" in page.inner_text("#lat-sum-src")  # no round trip yet: says what is missing
 
         lb.start_call(page, url, "mic", settle_s=0.5)
-        state = lb.measure(page, runs=1)
+        for _ in range(3):  # a loaded machine can lose a marker (see test_browser.py)
+            state = lb.measure(page, runs=1)
+            if state["roundTrip"]["onMedian"] is not None:
+                break
         assert state["roundTrip"]["onMedian"] is not None, state["roundTrip"]
         page.wait_for_function("() => window.voipfilterDemo.latency.otherMs != null", timeout=5000)
         # one snapshot: the page re-renders the table every second, state and cells together

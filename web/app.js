@@ -523,7 +523,7 @@
     src.connect(markerGain);
     src.start(t0);
     const startFrame = Math.round((t0 - 0.03) * sr);
-    const frames = Math.round((markerBuffer.duration + 1.0) * sr);
+    const frames = Math.round((markerBuffer.duration + 2.0) * sr); // round trips up to ~2 s
     const cap = await capture(startFrame, frames);
     const after = await inboundJitter();
     const r = estimateLag(cap.out, cap.inp, cap.sampleRate);
