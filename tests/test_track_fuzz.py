@@ -113,6 +113,9 @@ def build_frames(specs, rng):
 
 async def run_track(frames, specs, **kw):
     src = FakeSource(frames)
+    # The backlog policy stays in (its code runs on every frame) with a bound no stall of a
+    # loaded machine reaches: at the default 100 ms one such stall drops frames of a file.
+    kw.setdefault("max_backlog_ms", 60_000.0)
     track = NoiseSuppressionTrack(src, **kw)
     out = []
     for s in specs:

@@ -688,6 +688,10 @@ def create_app(config: ServerConfig, model: Any = None) -> web.Application:
     app[APP_KEY_CONFIG] = config
     app[APP_KEY_CALLS] = {}
     app[APP_KEY_STATE] = {"model": model if model is not None else config.model}
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        from .track import prewarm
+
+        prewarm(model)  # so that the first call's first frames are not the model's first runs
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/config", config_handler)
@@ -862,9 +866,16 @@ def run(args: argparse.Namespace) -> int:
     if args.access_log:
         access_logger = logging.getLogger("aiohttp.access")
         access_logger.setLevel(logging.INFO)
+    scheme = "https" if ssl_context else "http"
+    if config.host in ("0.0.0.0", "::", ""):  # every address: say which ones a browser can use
+        where = (f"open {scheme}://127.0.0.1:{config.port}/ on this machine, or "
+                 f"{scheme}://<this machine's address>:{config.port}/ from another one")
+    else:
+        where = f"open {scheme}://{config.host}:{config.port}/ in a browser"
     log.info(json.dumps({
         "event": "listening",
-        "url": f"{'https' if ssl_context else 'http'}://{config.host}:{config.port}/",
+        "msg": f"voipfilter demo call server listening: {where}",
+        "url": f"{scheme}://{config.host}:{config.port}/",
         "model": getattr(model, "model_name", None),
         "model_path": str(getattr(model, "path", config.model)),
         "web_dir": str(config.web_dir),

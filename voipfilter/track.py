@@ -73,9 +73,22 @@ def _prewarm(model: Any, rate: int) -> None:
     try:
         from .denoiser import Denoiser
 
-        Denoiser(model, sample_rate=rate).process(np.zeros(rate // 50, np.float32))
+        den = Denoiser(model, sample_rate=rate)
+        for _ in range(5):  # 100 ms: several hops through the model, not only the first
+            den.process(np.zeros(rate // 50, np.float32))
     except Exception:  # the track reports real errors when it meets them
         pass
+
+
+def prewarm(model: Any, rate: int = 48000) -> None:
+    """Warm ``model`` at ``rate`` now, in this thread (a server calls it once at start-up).
+
+    Without it the first track's first frames race the background warm-up and one of them
+    can take ~100 ms (the resampler timing and onnxruntime's first runs)."""
+    key = (id(model), rate)
+    if key not in _prewarmed:
+        _prewarmed.add(key)
+        _prewarm(model, rate)
 
 
 class DenoiserLike(Protocol):

@@ -355,14 +355,19 @@
       ['filter-delay', L.bypass ? 0 : L.filterDelayMs], ['filter-compute', L.bypass ? 0 : L.filterComputeP50Ms],
       ['browser-jb', L.browserJitterBufferMs], ['playout', L.playoutMs],
     ];
-    const sum = parts.reduce((acc, [, v]) => acc + (num(v) || 0), 0);
-    L.sumMs = sum;
-    $('lat-sum').textContent = fmt(sum, 1);
+    const stages = parts.reduce((acc, [, v]) => acc + (num(v) || 0), 0);
+    L.stagesMs = stages; // the stages read from stats, without "everything else"
     const rt = state.roundTrip;
     const measured = L.bypass ? rt.offMedian : rt.onMedian;
-    L.otherMs = measured != null ? Math.max(0, measured - sum) : null;
+    L.otherMs = measured != null ? Math.max(0, measured - stages) : null;
     $('lat-other').textContent = measured != null ? fmt(L.otherMs, 1) : 'measure →';
-    const total = measured != null ? Math.max(measured, sum) : sum;
+    // The sum includes "everything else" once a round trip was measured.
+    L.sumMs = stages + (L.otherMs || 0);
+    $('lat-sum').textContent = fmt(L.sumMs, 1);
+    $('lat-sum-src').textContent = measured == null ? 'without everything else: measure the round trip below'
+      : (measured >= stages ? 'every row, everything else included: the measured round trip'
+        : `every row; the stats add up to ${fmt(stages - measured, 1)} ms more than the measured round trip`);
+    const total = measured != null ? Math.max(measured, stages) : stages;
     const bar = $('latency-bar');
     bar.textContent = '';
     if (total > 0) {
@@ -518,7 +523,7 @@
     src.connect(markerGain);
     src.start(t0);
     const startFrame = Math.round((t0 - 0.03) * sr);
-    const frames = Math.round((markerBuffer.duration + 1.0) * sr);
+    const frames = Math.round((markerBuffer.duration + 2.0) * sr); // round trips up to ~2 s
     const cap = await capture(startFrame, frames);
     const after = await inboundJitter();
     const r = estimateLag(cap.out, cap.inp, cap.sampleRate);
