@@ -8,9 +8,11 @@ aiortc peers over loopback through a UDP relay that drops packets (tests/rtcloop
 """
 from __future__ import annotations
 
+import asyncio
 import fractions
 import queue
 import random
+import time
 
 import numpy as np
 import pytest
@@ -328,8 +330,6 @@ class LossyRelay:
         self.a_addr = self.b_addr = None
 
     async def start(self):
-        import asyncio
-
         loop = asyncio.get_running_loop()
         relay = self
 
@@ -351,8 +351,6 @@ class LossyRelay:
                     relay.to_b.sendto(data, relay.b_addr)
                 else:
                     relay.to_a.sendto(data, relay.a_addr)
-
-        import time
 
         self.to_a, _ = await loop.create_datagram_endpoint(lambda: Side("a"), local_addr=("127.0.0.1", 0))
         self.to_b, _ = await loop.create_datagram_endpoint(lambda: Side("b"), local_addr=("127.0.0.1", 0))
@@ -376,8 +374,6 @@ class LossyRelay:
 
     async def connect(self, a, b, timeout: float = 20.0) -> None:
         """Offer from A, answer from B, each side told that the other is the relay."""
-        import asyncio
-
         from aiortc import RTCSessionDescription
 
         async def go():
@@ -402,10 +398,8 @@ WARMUP = 50  # the relay drops nothing in the first second
 
 async def relayed_call(*, ours: bool, loss: float, seed: int = 7):
     """A sends a tone; B receives it through the relay, taps it (time, pts) and filters it.
-    Returns (delays per frame in s by pts, in-tap meta, out meta, filter stats, buffer stats)."""
-    import asyncio
-    import time
-
+    Returns (receive delay in s by frame index, frames received, frames out of the filter,
+    filter stats, buffer stats (ours only), packets dropped)."""
     from aiortc import RTCConfiguration, RTCPeerConnection
     from aiortc.mediastreams import AudioStreamTrack
     from trackutil import Tap
@@ -452,7 +446,7 @@ async def relayed_call(*, ours: bool, loss: float, seed: int = 7):
     @b.on("track")
     def on_track(remote):
         tap = Pump(remote)
-        ns = NoiseSuppressionTrack(tap)
+        ns = NoiseSuppressionTrack(tap, max_backlog_ms=None)  # every frame, however loaded
         got.update(tap=tap, ns=ns, out=[])
 
         async def consume():
@@ -500,9 +494,8 @@ def window_medians(delays: dict[int, float], frames: int = 50) -> list[float]:
 @pytest.mark.timeout(180)
 async def test_lossy_call_stays_as_close_as_a_clean_one_and_aiortcs_buffer_falls_behind():
     """Four calls at once (the same load on all): ours without and with 2 % loss, aiortc's
-    own buffer without and with it."""
-    import asyncio
-
+    own buffer without and with it. Each second of a lossy call is compared with the same
+    second of the clean one running beside it."""
     from voipfilter.ice import LOOPBACK, restrict_host_candidates
 
     with restrict_host_candidates(LOOPBACK):
@@ -513,21 +506,22 @@ async def test_lossy_call_stays_as_close_as_a_clean_one_and_aiortcs_buffer_falls
             relayed_call(ours=False, loss=0.02),
         )
     (clean, *_), (lossy, tap, out, fs, jb, dropped), (aclean, *_), (alossy, *_) = calls
-    ref = float(np.median(window_medians(clean)))
-    ours_w = [round(1000 * (m - ref), 1) for m in window_medians(lossy)]
-    aiortc_w = [round(1000 * (m - ref), 1) for m in window_medians(alossy)]
-    aclean_w = [round(1000 * (m - ref), 1) for m in window_medians(aclean)]
-    print(f"clean call, ours: {1000 * ref:.1f} ms; per second, relative to it (ms): "
-          f"ours lossy {ours_w}; aiortc clean {aclean_w}; aiortc lossy {aiortc_w}; buffer {jb}")
+    base = window_medians(clean)
+    ours_w = [round(1000 * (m - r), 1) for m, r in zip(window_medians(lossy), base)]
+    aiortc_w = [round(1000 * (m - r), 1) for m, r in zip(window_medians(alossy), base)]
+    aclean_w = [round(1000 * (m - r), 1) for m, r in zip(window_medians(aclean), base)]
+    print(f"receive delay, clean call with ours, per second (ms): {[round(1000 * r, 1) for r in base]}; "
+          f"the others minus it: ours lossy {ours_w}; aiortc clean {aclean_w}; aiortc lossy {aiortc_w}; "
+          f"buffer {jb}")
+    assert len(ours_w) == len(aiortc_w) >= 6
     assert dropped == 7
     assert max(ours_w) <= 40.0, ours_w
     assert aiortc_w[-1] >= 100.0, aiortc_w  # aiortc issue 543: it ends far behind
     # every loss was concealed (no pts gap reached the filter) and counted
     assert jb["lost"] == dropped and jb["concealed_frames"] == dropped and jb["gaps"] == 0
-    assert fs["gaps"] == 0 and fs["frames_in"] <= len(tap)
-    # one output frame per input frame, same pts and size (dropped only by the backlog bound)
-    assert len(out) + fs["frames_dropped"] == len(tap) or len(out) + fs["frames_dropped"] == len(tap) - 1
-    kept = [m for m in tap if m in set(out)]
-    assert kept[: len(out)] == out
+    assert fs["gaps"] == 0 and fs["frames_dropped"] == 0
+    # one output frame per input frame, with its pts and size
+    assert fs["frames_out"] == fs["frames_in"] == len(out) >= CALL_FRAMES - 10
+    assert out == tap[: len(out)]
     pts = [m[0] for m in tap]
     assert pts == [k * 960 for k in range(len(pts))]  # contiguous: concealment filled the gaps
