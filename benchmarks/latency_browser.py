@@ -182,8 +182,8 @@ def hang_up(page) -> None:
     wait_state(page, "s.callState === 'idle'", 10, "hung up")
 
 
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values)
+def _fmt(values: list[float | None]) -> str:
+    return ", ".join("–" if v is None else f"{v:.1f}" for v in values)
 
 
 BUFFERS = {"voipfilter": (), "aiortc": ("--aiortc-jitter-buffer",)}
@@ -268,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                 r["call"] = call
                 results[name].append(r)
                 rt = r["roundTrip"]
+                lat = r["latency"]
                 print(f"call {call + 1} [{name} buffer]: off {_fmt(rt['off'])} | on {_fmt(rt['on'])} | "
-                      f"added (paired median) {rt['addedMs']:.1f} ms; server buffer "
-                      f"{r['latency'].get('serverJitterBufferMs')} ms, browser jitter buffer "
-                      f"{r['latency'].get('browserJitterBufferMs')} ms", flush=True)
+                      f"added (paired median) {_fmt([rt['addedMs']])} ms; server buffer "
+                      f"{_fmt([lat.get('serverJitterBufferMs')])} ms, browser jitter buffer "
+                      f"{_fmt([lat.get('browserJitterBufferMs')])} ms; markers not found {rt['failures']}", flush=True)
         server_logs = {n: (tmp / f"server-{n}.log").read_text().splitlines() for n in names}
 
     summary: dict = {"buffers": {n: summarise(results[n]) for n in names},

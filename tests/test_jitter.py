@@ -298,8 +298,9 @@ async def test_hook_switches_audio_receivers_of_that_pc_only():
         assert isinstance(getattr(late, name), ReceiverJitterBuffer)
         assert isinstance(getattr(video, name), JitterBuffer)
         assert isinstance(getattr(plain, name), JitterBuffer)
-        low_latency_audio(pc)  # idempotent
-        assert getattr(early, name) is getattr(early, name)
+        installed = getattr(early, name)
+        low_latency_audio(pc)  # idempotent: the same buffer stays
+        assert getattr(early, name) is installed
         with pytest.raises(ValueError):
             low_latency_audio(pc, min_wait_ms=-1)
     finally:
