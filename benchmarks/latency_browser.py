@@ -213,6 +213,12 @@ def summarise(results: list[dict]) -> dict:
     diffs_jb = [(p["on"] - p["jbOn"]) - (p["off"] - p["jbOff"]) for p in pairs
                 if p["jbOn"] is not None and p["jbOff"] is not None]
 
+    # each run minus the browser's jitter buffer during it: what the rest of the path costs,
+    # without the browser's adaptation (which a loaded machine drives up to seconds)
+    runs = [p for r in results for p in r["roundTrip"]["pairs"]]
+    off_nojb = [p["off"] - p["jbOff"] for p in runs if p["off"] is not None and p["jbOff"] is not None]
+    on_nojb = [p["on"] - p["jbOn"] for p in runs if p["on"] is not None and p["jbOn"] is not None]
+
     def stat(key: str) -> float | None:
         vals = [r["latency"][key] for r in results if r["latency"].get(key) is not None]
         return statistics.median(vals) if vals else None
@@ -224,6 +230,8 @@ def summarise(results: list[dict]) -> dict:
     return {
         "round_trip_off_ms": spread(off),
         "round_trip_on_ms": spread(on),
+        "round_trip_off_minus_browser_jitter_buffer_ms": spread(off_nojb),
+        "round_trip_on_minus_browser_jitter_buffer_ms": spread(on_nojb),
         "added_ms_paired_median": statistics.median(diffs) if diffs else None,
         "added_ms_without_browser_jitter_drift_median": statistics.median(diffs_jb) if diffs_jb else None,
         "filter_delay_ms": results[-1]["latency"].get("filterDelayMs"),
