@@ -202,6 +202,16 @@ def test_restarted_stream_continues_the_timeline():
     assert jb.stats()["restarts"] == 1
 
 
+def test_a_stray_old_packet_is_dropped_not_taken_for_a_restart():
+    pk = stream(60, seq0=5000)
+    ev = arrivals(pk)
+    ev.append((30 * DT + 0.001, (5000 - 1000) % 65536, 999, payload(999)))  # stale, alone
+    jb, out = replay(ev)
+    assert [index_of(f) for _, f in out] == list(range(60))
+    assert check_timeline(out, 60) == []
+    assert (jb.stats()["stale"], jb.stats()["restarts"]) == (1, 0)
+
+
 def test_a_wide_gap_is_given_up_at_once_and_memory_is_bounded():
     pk = stream(300)
     jb, out = replay(arrivals(pk, drop=set(range(10, 200))), capacity=32)

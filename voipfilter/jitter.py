@@ -21,8 +21,9 @@ browser smooths the playout) gains nothing from holding packets; it only adds de
   not whole Opus frames, longer than ``max_conceal_ms`` or in another codec are handed on as
   a pts gap (``NoiseSuppressionTrack`` closes those with a dip);
 - duplicates and packets that come after their gap was given up are dropped and counted;
-  sequence numbers (16 bit) and timestamps (32 bit) are unwrapped; a sequence number more
-  than 100 packets behind is a restarted stream and starts a new one;
+  sequence numbers (16 bit) and timestamps (32 bit) are unwrapped; a packet more than 100
+  behind is stale and dropped, unless the next packet follows it: then the sender restarted
+  its stream, and a new one starts;
 - a burst after a stall is released as it arrives: the buffer's depth is back to its
   target (0) with the last packet of the burst. Nothing here paces or drops audio; the
   consumer's backlog policy (``NoiseSuppressionTrack(max_backlog_ms=...)``) and the far
@@ -162,9 +163,10 @@ class LowLatencyJitterBuffer:
         self._last_step: int | None = None
         self._last_toc: int | None = None
         self._last_release = 0.0
+        self._restart_candidate: tuple[int, int, bytes, float] | None = None
         self._holds: collections.deque[float] = collections.deque(maxlen=HOLD_WINDOW)
         self.counts = dict(
-            packets=0, released=0, reordered=0, late=0, duplicates=0, lost=0,
+            packets=0, released=0, reordered=0, late=0, duplicates=0, stale=0, lost=0,
             concealed_frames=0, gaps=0, restarts=0,
         )
         self.concealed_ms = 0.0
@@ -225,15 +227,27 @@ class LowLatencyJitterBuffer:
                 else:
                     self.counts["duplicates"] += 1
                 return []
-            # far behind: the sender restarted its stream; what is held belongs to the old
-            # one. The new stream goes on the output timeline after the real pause.
-            pause = max(0.0, now - self._last_release)
+            # Far behind: a stray old packet, or the sender restarted its stream. Only a
+            # second packet right after it makes it a restart; what is held then belongs to
+            # the old stream, and the new one goes on the output timeline after the pause.
+            cand = self._restart_candidate
+            if cand is None or sequence_number != (cand[0] + 1) % SEQ_MOD:
+                self._drop_restart_candidate()
+                self._restart_candidate = (sequence_number, timestamp, bytes(data), now)
+                return []
+            self._restart_candidate = None
+            pause = max(0.0, cand[3] - self._last_release)
             out = self._flush(now)
             self.counts["restarts"] += 1
             end = self._last_end if self._last_end is not None else 0
-            self._start(sequence_number, timestamp)
+            self._start(cand[0], cand[1])
             self._out_base = max(end, (self._last_ts or 0) + int(pause * self.clock_rate))
-            seq = self._next
+            self._held[self._next] = _Held(cand[1], cand[2], cand[3])
+            self._highest += 1
+            self._ts_ref = self._ts_ref + _signed(timestamp - self._ts_ref, TS_MOD)
+            seq = self._highest
+        else:
+            self._drop_restart_candidate()
         if seq in self._held:
             self.counts["duplicates"] += 1
             return []
@@ -273,6 +287,11 @@ class LowLatencyJitterBuffer:
         self._ts_ref = self._in_base = timestamp
         self._held.clear()
         self._given_up.clear()
+
+    def _drop_restart_candidate(self) -> None:
+        if self._restart_candidate is not None:
+            self._restart_candidate = None
+            self.counts["stale"] += 1
 
     def _flush(self, now: float) -> list[ReleasedFrame]:
         out: list[ReleasedFrame] = []
