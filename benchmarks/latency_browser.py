@@ -7,6 +7,11 @@ download), starts a call from a fake microphone (a wav written here) or the page
 sample, waits for the call to settle, presses "Measure round trip" and reads the page's
 numbers (``window.voipfilterDemo``). Several calls, each with several paired marker runs.
 
+The server's receive buffer is compared in the same run: by default two servers run side
+by side, one with voipfilter's low-latency buffer (the default) and one with
+``--aiortc-jitter-buffer``, and each call on one is followed by a call on the other (the
+order alternates), so the two are measured in pairs under the same load.
+
     python benchmarks/latency_browser.py --calls 3 --runs 5 --json runs/latency_browser.json
 
 Needs: apt-get install chromium chromium-driver; pip install playwright (dev extra).
@@ -71,10 +76,12 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(model: str | None, log_path: Path, port: int | None = None) -> Iterator[str]:
-    """``python server.py --loopback-ice`` on a free port; yields its base URL."""
+def server_process(
+    model: str | None, log_path: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """``python server.py --loopback-ice [extra_args]`` on a free port; yields its base URL."""
     port = port or free_port()
-    cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice"]
+    cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice", *extra_args]
     if model:
         cmd += ["--model", str(model)]
     with open(log_path, "w") as log:
@@ -137,10 +144,11 @@ def wait_state(page, predicate: str, timeout_s: float, what: str) -> dict:
     return demo_state(page)
 
 
-def start_call(page, base_url: str, source: str = "mic", settle_s: float = 3.0) -> dict:
-    """Open the page, start a call from ``source`` ('mic' = the fake device, or 'sample'),
-    wait until audio flows both ways and server stats arrive."""
-    page.goto(base_url + "/")
+def start_call(page, base_url: str, source: str = "mic", settle_s: float = 3.0, query: str = "") -> dict:
+    """Open the page (``query``: e.g. ``?jitterBufferTarget=default``), start a call from
+    ``source`` ('mic' = the fake device, or 'sample'), wait until audio flows both ways and
+    server stats arrive."""
+    page.goto(base_url + "/" + query)
     page.wait_for_function("() => window.voipfilterDemo && window.voipfilterDemo.ready")
     page.select_option("#input-select", source)
     page.click("#start-btn")
@@ -174,73 +182,123 @@ def hang_up(page) -> None:
     wait_state(page, "s.callState === 'idle'", 10, "hung up")
 
 
-def _fmt(values: list[float]) -> str:
-    return ", ".join(f"{v:.1f}" for v in values)
+def _fmt(values: list[float | None]) -> str:
+    return ", ".join("–" if v is None else f"{v:.1f}" for v in values)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", help="streaming ONNX model (default: the shipped model)")
-    ap.add_argument("--calls", type=int, default=3, help="calls, each a fresh page (default 3)")
-    ap.add_argument("--runs", type=int, default=5, help="marker pairs per call (default 5)")
-    ap.add_argument("--input", choices=["mic", "sample"], default="mic",
-                    help="fake microphone (a wav of the sample) or the page's built-in sample")
-    ap.add_argument("--json", type=Path, help="write every number here")
-    ap.add_argument("--screenshot", type=Path, help="save a screenshot of the last call's page")
-    args = ap.parse_args(argv)
+BUFFERS = {"voipfilter": (), "aiortc": ("--aiortc-jitter-buffer",)}
 
-    results = []
-    with tempfile.TemporaryDirectory(prefix="voipfilter-latency-") as tmp:
-        tmp = Path(tmp)
-        fake = write_voice_wav(tmp / "voice.wav", seconds=30.0 + 12.0 * args.runs)
-        with server_process(args.model, tmp / "server.log") as url:
-            for call in range(args.calls):
-                with browser(fake) as ctx:
-                    page = ctx.new_page()
-                    start_call(page, url, args.input)
-                    state = measure(page, args.runs)
-                    if args.screenshot and call == args.calls - 1:
-                        args.screenshot.parent.mkdir(parents=True, exist_ok=True)
-                        page.screenshot(path=str(args.screenshot), full_page=True)
-                    hang_up(page)
-                rt, lat, srv = state["roundTrip"], state["latency"], state["serverStats"] or {}
-                results.append({"call": call, "roundTrip": rt, "latency": lat, "browser": state["browser"],
-                                "server": {k: v for k, v in srv.items() if k != "filter"},
-                                "filter": srv.get("filter")})
-                print(f"call {call + 1}: off {_fmt(rt['off'])} | on {_fmt(rt['on'])} | added (paired median) "
-                      f"{rt['addedMs']:.1f} ms, without browser jitter-buffer drift "
-                      f"{rt['addedExclBrowserJitterMs']:.1f} ms", flush=True)
-        server_log = (tmp / "server.log").read_text()
 
+def run_call(url: str, fake: Path, args: argparse.Namespace, query: str, screenshot: Path | None) -> dict:
+    """One call in a fresh browser: start, measure the paired marker runs, hang up."""
+    with browser(fake) as ctx:
+        page = ctx.new_page()
+        start_call(page, url, args.input, query=query)
+        state = measure(page, args.runs)
+        if screenshot:
+            screenshot.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(screenshot), full_page=True)
+        hang_up(page)
+    rt, lat, srv = state["roundTrip"], state["latency"], state["serverStats"] or {}
+    return {"roundTrip": rt, "latency": lat, "browser": state["browser"],
+            "server": {k: v for k, v in srv.items() if k != "filter"}, "filter": srv.get("filter")}
+
+
+def summarise(results: list[dict]) -> dict:
+    """Round trips off/on, the filter's paired added latency, and the stages (median over calls)."""
     off = [v for r in results for v in r["roundTrip"]["off"]]
     on = [v for r in results for v in r["roundTrip"]["on"]]
     pairs = [p for r in results for p in r["roundTrip"]["pairs"] if p["off"] is not None and p["on"] is not None]
     diffs = [p["on"] - p["off"] for p in pairs]
     diffs_jb = [(p["on"] - p["jbOn"]) - (p["off"] - p["jbOff"]) for p in pairs
                 if p["jbOn"] is not None and p["jbOff"] is not None]
-    last = results[-1]["latency"]
+
+    # each run minus the browser's jitter buffer during it: what the rest of the path costs,
+    # without the browser's adaptation (which a loaded machine drives up to seconds)
+    runs = [p for r in results for p in r["roundTrip"]["pairs"]]
+    off_nojb = [p["off"] - p["jbOff"] for p in runs if p["off"] is not None and p["jbOff"] is not None]
+    on_nojb = [p["on"] - p["jbOn"] for p in runs if p["on"] is not None and p["jbOn"] is not None]
 
     def stat(key: str) -> float | None:
         vals = [r["latency"][key] for r in results if r["latency"].get(key) is not None]
         return statistics.median(vals) if vals else None
 
-    summary = {
-        "round_trip_off_ms": {"median": statistics.median(off), "min": min(off), "max": max(off), "n": len(off)},
-        "round_trip_on_ms": {"median": statistics.median(on), "min": min(on), "max": max(on), "n": len(on)},
-        "added_ms_paired_median": statistics.median(diffs),
+    def spread(values: list[float]) -> dict | None:
+        return {"median": statistics.median(values), "min": min(values), "max": max(values),
+                "n": len(values)} if values else None
+
+    return {
+        "round_trip_off_ms": spread(off),
+        "round_trip_on_ms": spread(on),
+        "round_trip_off_minus_browser_jitter_buffer_ms": spread(off_nojb),
+        "round_trip_on_minus_browser_jitter_buffer_ms": spread(on_nojb),
+        "added_ms_paired_median": statistics.median(diffs) if diffs else None,
         "added_ms_without_browser_jitter_drift_median": statistics.median(diffs_jb) if diffs_jb else None,
-        "filter_delay_ms": last.get("filterDelayMs"),
+        "filter_delay_ms": results[-1]["latency"].get("filterDelayMs"),
         "stages_median_over_calls_ms": {
             k: stat(k) for k in ("networkMs", "serverJitterBufferMs", "filterDelayMs", "filterComputeP50Ms",
-                                 "filterComputeP95Ms", "browserJitterBufferMs", "playoutMs")
+                                 "filterComputeP95Ms", "browserJitterBufferMs", "browserJitterBufferTargetMs",
+                                 "playoutMs")
         },
         "failures": sum(r["roundTrip"]["failures"] for r in results),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", help="streaming ONNX model (default: the shipped model)")
+    ap.add_argument("--calls", type=int, default=3, help="calls per server buffer, each a fresh page (default 3)")
+    ap.add_argument("--runs", type=int, default=5, help="marker pairs per call (default 5)")
+    ap.add_argument("--input", choices=["mic", "sample"], default="mic",
+                    help="fake microphone (a wav of the sample) or the page's built-in sample")
+    ap.add_argument("--buffers", choices=["both", *BUFFERS], default="both",
+                    help="server receive buffer: voipfilter's, aiortc's, or both in pairs (default both)")
+    ap.add_argument("--browser-jitter-target", default="0", metavar="MS|default",
+                    help="what the page asks of RTCRtpReceiver.jitterBufferTarget (default 0; "
+                         "'default' leaves Chromium's choice)")
+    ap.add_argument("--json", type=Path, help="write every number here")
+    ap.add_argument("--screenshot", type=Path, help="save a screenshot of the last call's page")
+    args = ap.parse_args(argv)
+
+    names = list(BUFFERS) if args.buffers == "both" else [args.buffers]
+    query = "" if args.browser_jitter_target == "0" else f"?jitterBufferTarget={args.browser_jitter_target}"
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    with tempfile.TemporaryDirectory(prefix="voipfilter-latency-") as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        fake = write_voice_wav(tmp / "voice.wav", seconds=30.0 + 12.0 * args.runs)
+        urls = {n: stack.enter_context(server_process(args.model, tmp / f"server-{n}.log", extra_args=BUFFERS[n]))
+                for n in names}
+        for call in range(args.calls):
+            order = names if call % 2 == 0 else names[::-1]  # alternate who goes first
+            for i, name in enumerate(order):
+                last = call == args.calls - 1 and i == len(order) - 1
+                r = run_call(urls[name], fake, args, query, args.screenshot if last else None)
+                r["call"] = call
+                results[name].append(r)
+                rt = r["roundTrip"]
+                lat = r["latency"]
+                print(f"call {call + 1} [{name} buffer]: off {_fmt(rt['off'])} | on {_fmt(rt['on'])} | "
+                      f"added (paired median) {_fmt([rt['addedMs']])} ms; server buffer "
+                      f"{_fmt([lat.get('serverJitterBufferMs')])} ms, browser jitter buffer "
+                      f"{_fmt([lat.get('browserJitterBufferMs')])} ms; markers not found {rt['failures']}", flush=True)
+        server_logs = {n: (tmp / f"server-{n}.log").read_text().splitlines() for n in names}
+
+    summary: dict = {"buffers": {n: summarise(results[n]) for n in names},
+                     "browser_jitter_target": args.browser_jitter_target}
+    if len(names) == 2:
+        # paired by call: aiortc's buffer minus ours, each call's median against its partner's
+        def med(r: dict, key: str) -> float | None:
+            return statistics.median(r["roundTrip"][key]) if r["roundTrip"][key] else None
+
+        for key in ("off", "on"):
+            d = [med(a, key) - med(v, key) for v, a in zip(results["voipfilter"], results["aiortc"])
+                 if med(a, key) is not None and med(v, key) is not None]
+            summary[f"aiortc_minus_voipfilter_{key}_ms"] = {"per_call": d, "median": statistics.median(d) if d else None}
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"summary": summary, "calls": results,
-                                         "server_log": server_log.splitlines()}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary, "calls": results, "server_logs": server_logs,
+                                         "command": sys.argv}, indent=2))
     return 0
 
 

@@ -101,7 +101,13 @@ def test_page_calls_the_server_and_shows_where_the_latency_goes(browser_ready, i
 
         # the latency panel, as a person reads it
         assert num(page.inner_text("#lat-filter-delay")) == pytest.approx(delay, abs=0.1)
-        assert num(page.inner_text("#lat-server-jb")) > 0
+        # the server forwards packets as they come (voipfilter's buffer, the default) ...
+        assert 0 <= num(page.inner_text("#lat-server-jb")) < 20
+        assert "low-latency buffer" in page.inner_text("#lat-server-jb-src")
+        assert state["serverStats"]["server_receive_buffer"]["released"] > 100
+        # ... and the page asked Chromium for its lowest playout delay
+        assert state["browser"]["jitterBufferTargetAskedMs"] == 0
+        assert "asked 0" in page.inner_text("#lat-browser-jb")
         assert num(page.inner_text("#lat-browser-jb")) >= 0
         # the round-trip table shows the last measurement
         for cell, value in (("#rtt-off", rt["offMedian"]), ("#rtt-on", rt["onMedian"]), ("#rtt-added", rt["addedMs"])):

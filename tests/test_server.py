@@ -7,6 +7,7 @@ tests/modelfactory.py and sends it back.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import fractions
@@ -297,8 +298,10 @@ async def test_real_call_echoes_filtered_audio(identity_model, caplog):
             stats = next(m for m in reversed(caller.messages) if m.get("type") == "stats")
             assert stats["call_id"] == call_id
             assert stats["delay_ms"] > 0
-            assert stats["server_jitter_buffer_nominal_ms"] == 80
-            assert stats["server_jitter_buffer_ms"] is None or 0 <= stats["server_jitter_buffer_ms"] < 1000
+            assert stats["server_jitter_buffer_kind"] == "voipfilter"  # low_latency_audio by default
+            assert stats["server_jitter_buffer_nominal_ms"] == 0
+            assert 0 <= stats["server_jitter_buffer_ms"] < 100
+            assert stats["server_receive_buffer"]["released"] > 100
             assert stats["filter"]["frames_in"] > 0
 
             # controls over the data channel ...
@@ -414,6 +417,25 @@ async def test_other_api_errors_are_json(identity_model):
         assert r.status == 404 and (await r.json())["error"] == "not_found"
         r = await client.delete("/calls/nope")
         assert r.status == 404 and r.content_type == "application/json"
+
+
+async def test_aiortc_jitter_buffer_flag_keeps_aiortcs_buffer(identity_model):
+    from aiortc.jitterbuffer import JitterBuffer
+
+    from voipfilter.jitter import ReceiverJitterBuffer
+
+    parser = argparse.ArgumentParser()
+    srv.configure(parser)
+    assert srv.build_config(parser.parse_args([])).aiortc_jitter_buffer is False
+    assert srv.build_config(parser.parse_args(["--aiortc-jitter-buffer"])).aiortc_jitter_buffer is True
+    for flag, kind in ((False, ReceiverJitterBuffer), (True, JitterBuffer)):
+        async with running(make_config(identity_model, aiortc_jitter_buffer=flag)) as (app, _):
+            call = srv.Call(app, "x", None)
+            receiver = call.pc.addTransceiver("audio").receiver
+            call.pc.emit("track", receiver.track)  # as setRemoteDescription does
+            assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer"), kind)
+            assert call.stats()["server_jitter_buffer_kind"] == ("aiortc" if flag else "voipfilter")
+            await call.pc.close()
 
 
 async def test_over_the_call_limit_gets_503(identity_model):

@@ -2,10 +2,12 @@
 
 ``from voipfilter import Denoiser`` is all a call needs; ``NoiseSuppressionTrack`` (aiortc) is
 imported only when first used, so ``import voipfilter`` stays light.
+``low_latency_audio(pc)`` gives a peer connection's audio receivers a low-latency jitter buffer.
 """
 from __future__ import annotations
 
 from .denoiser import Denoiser, ModelStepError
+from .jitter import low_latency_audio
 from .model import Model, ModelNotFoundError, default_model_path
 
 __version__ = "0.1.0"
@@ -17,6 +19,7 @@ __all__ = [
     "ModelStepError",
     "NoiseSuppressionTrack",
     "default_model_path",
+    "low_latency_audio",
     "__version__",
 ]
 

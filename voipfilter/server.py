@@ -75,6 +75,7 @@ class ServerConfig:
     connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S
     max_call_s: float = DEFAULT_MAX_CALL_S
     stats_interval_s: float = STATS_INTERVAL_S
+    aiortc_jitter_buffer: bool = False  # True: aiortc's own receive buffer (for comparison)
 
     def ice_servers(self):
         """aiortc RTCIceServer list for the server's own peer connections (may be empty)."""
@@ -216,8 +217,12 @@ def parse_controls(body: Any) -> dict:
 
 def _jitter_buffer_depth(receiver) -> tuple[int, float] | None:
     """Packets and ms of audio waiting in aiortc's receive jitter buffer, read from its
-    private state (aiortc 1.16): None where that state is not reachable."""
+    private state (aiortc 1.16): None where that state is not reachable. For
+    voipfilter.jitter's buffer: packets held now, and the mean time a packet waited."""
     jb = getattr(receiver, "_RTCRtpReceiver__jitter_buffer", None)
+    if hasattr(jb, "stats"):
+        s = jb.stats()
+        return s["depth_packets"], s["hold_ms_mean"]
     packets = getattr(jb, "_packets", None)
     if packets is None:
         return None
@@ -286,6 +291,10 @@ class Call:
         self.id = call_id
         self.remote = remote
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=self.config.ice_servers()))
+        if not self.config.aiortc_jitter_buffer:
+            from .jitter import low_latency_audio
+
+            low_latency_audio(self.pc)  # packets in order go to the decoder at once
         self.track = None  # NoiseSuppressionTrack
         self.echo: EchoTrack | None = None
         self.source = None  # the caller's audio track
@@ -437,9 +446,13 @@ class Call:
             "call_id": self.id,
             "state": self.pc.connectionState,
             "duration_s": round(now - self.created, 3),
-            "server_jitter_buffer_nominal_ms": AIORTC_JITTER_PREFETCH * 20,
+            "server_jitter_buffer_nominal_ms": AIORTC_JITTER_PREFETCH * 20 if self.config.aiortc_jitter_buffer else 0,
+            "server_jitter_buffer_kind": "aiortc" if self.config.aiortc_jitter_buffer else "voipfilter",
         }
         out.update(self._sample_jitter_buffer())
+        jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        if hasattr(jb, "stats"):
+            out["server_receive_buffer"] = jb.stats()
         queue = getattr(self.source, "_queue", None)
         out["server_decoded_queue_frames"] = queue.qsize() if queue is not None else None
         if self.track is not None:
@@ -804,6 +817,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="log level (default info)")
     parser.add_argument("--access-log", action="store_true", help="also log every HTTP request")
+    parser.add_argument("--aiortc-jitter-buffer", action="store_true", default=_env_bool("AIORTC_JITTER_BUFFER"),
+                        help="receive with aiortc's own JitterBuffer (80 ms, stalls after a loss) instead of "
+                             "voipfilter's low-latency one, for comparison (env VOIPFILTER_AIORTC_JITTER_BUFFER)")
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -835,6 +851,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         loopback_only=args.loopback_ice,
         atten_lim_db=args.atten_lim_db,
         max_call_s=args.max_call_seconds,
+        aiortc_jitter_buffer=args.aiortc_jitter_buffer,
     )
 
 

@@ -161,6 +161,17 @@
       const track = dest.stream.getAudioTracks()[0];
       pc.addTrack(track, dest.stream);
       pc.ontrack = (ev) => {
+        // Ask Chromium for its lowest playout delay: the server forwards packets as they come
+        // (voipfilter's receive buffer), so this jitter buffer is the only one smoothing the
+        // call. ?jitterBufferTarget=default keeps Chromium's own choice, for comparison.
+        const asked = new URLSearchParams(location.search).get('jitterBufferTarget') ?? '0';
+        state.browser.jitterBufferTargetAskedMs = null;
+        if (asked !== 'default' && ev.receiver && 'jitterBufferTarget' in ev.receiver) {
+          try {
+            ev.receiver.jitterBufferTarget = Number(asked);
+            state.browser.jitterBufferTargetAskedMs = ev.receiver.jitterBufferTarget;
+          } catch (e) { /* out of range: Chromium keeps its default */ }
+        }
         const stream = ev.streams[0] || new MediaStream([ev.track]);
         const audio = $('remote-audio');
         audio.srcObject = stream;
@@ -336,16 +347,23 @@
 
     $('lat-network').textContent = fmt(L.networkMs, 1);
     $('lat-server-jb').textContent = fmt(L.serverJitterBufferMs, 0);
-    $('lat-server-jb-src').textContent = L.serverJitterBufferMeasured
-      ? `server: audio held in aiortc's JitterBuffer, measured (now ${fmt(m.server_jitter_buffer_ms, 0)} ms, max ${fmt(m.server_jitter_buffer_max_ms, 0)}; nominal 80 = prefetch 4 × 20 ms)`
-      : 'aiortc 1.16 JitterBuffer(capacity=16, prefetch=4): a fixed 80 ms at 20 ms packets (not measured)';
+    const rb = m && m.server_receive_buffer;
+    $('lat-server-jb-src').textContent = rb
+      ? `server: voipfilter's low-latency buffer, mean wait per packet (${rb.depth_packets} held now, max wait ${fmt(rb.hold_ms_max, 0)} ms; `
+        + `${rb.lost} lost, ${rb.concealed_frames} concealed by Opus PLC, ${rb.late} late, gap wait ${fmt(rb.wait_ms, 0)} ms)`
+      : L.serverJitterBufferMeasured
+        ? `server: audio held in aiortc's JitterBuffer, measured (now ${fmt(m.server_jitter_buffer_ms, 0)} ms, max ${fmt(m.server_jitter_buffer_max_ms, 0)}; nominal 80 = prefetch 4 × 20 ms)`
+        : 'aiortc 1.16 JitterBuffer(capacity=16, prefetch=4): a fixed 80 ms at 20 ms packets (not measured)';
     let delayNote = '';
     if (L.bypass) delayNote = ' (bypassed)';
     else if (L.filterEnabled === false) delayNote = ' (off: dry, same delay)';
     $('lat-filter-delay').textContent = L.filterDelayMs == null ? '–' : `${fmt(L.filterDelayMs, 1)}${delayNote}`;
     $('lat-filter-compute').textContent = L.filterComputeP50Ms == null ? '–'
       : `${fmt(L.filterComputeP50Ms, 2)} / ${fmt(L.filterComputeP95Ms, 2)}`;
-    $('lat-browser-jb').textContent = fmt(L.browserJitterBufferMs, 1);
+    L.browserJitterBufferTargetMs = num(b.jitterBufferTargetMs);
+    L.browserJitterBufferTargetAskedMs = num(b.jitterBufferTargetAskedMs);
+    $('lat-browser-jb').textContent = fmt(L.browserJitterBufferMs, 1) + (L.browserJitterBufferTargetMs == null ? ''
+      : ` (target ${fmt(L.browserJitterBufferTargetMs, 0)}; asked ${L.browserJitterBufferTargetAskedMs == null ? 'default' : fmt(L.browserJitterBufferTargetAskedMs, 0)})`);
     $('lat-playout').textContent = L.playoutMs == null ? 'n/a' : fmt(L.playoutMs, 1);
     $('lat-playout-src').textContent = L.playoutMs == null ? 'this browser reports no media-playout stats'
       : 'getStats: media-playout totalPlayoutDelay / totalSamplesCount';
