@@ -362,8 +362,11 @@
       : `${fmt(L.filterComputeP50Ms, 2)} / ${fmt(L.filterComputeP95Ms, 2)}`;
     L.browserJitterBufferTargetMs = num(b.jitterBufferTargetMs);
     L.browserJitterBufferTargetAskedMs = num(b.jitterBufferTargetAskedMs);
-    $('lat-browser-jb').textContent = fmt(L.browserJitterBufferMs, 1) + (L.browserJitterBufferTargetMs == null ? ''
-      : ` (target ${fmt(L.browserJitterBufferTargetMs, 0)}; asked ${L.browserJitterBufferTargetAskedMs == null ? 'default' : fmt(L.browserJitterBufferTargetAskedMs, 0)})`);
+    $('lat-browser-jb').textContent = fmt(L.browserJitterBufferMs, 1);
+    $('lat-browser-jb-src').textContent = 'getStats: inbound-rtp jitterBufferDelay / jitterBufferEmittedCount'
+      + (L.browserJitterBufferTargetMs == null ? ''
+        : `; the browser's target ${fmt(L.browserJitterBufferTargetMs, 0)} ms, the page asked`
+          + ` ${L.browserJitterBufferTargetAskedMs == null ? 'for the default' : fmt(L.browserJitterBufferTargetAskedMs, 0) + ' ms'}`);
     $('lat-playout').textContent = L.playoutMs == null ? 'n/a' : fmt(L.playoutMs, 1);
     $('lat-playout-src').textContent = L.playoutMs == null ? 'this browser reports no media-playout stats'
       : 'getStats: media-playout totalPlayoutDelay / totalSamplesCount';
