@@ -36,9 +36,11 @@ def sample(rate: int = 16000, seconds: float | None = None) -> np.ndarray:
 
 def levels_db(x: np.ndarray, rate: int) -> tuple[float, float]:
     """(noise floor, speech level) in dBFS: the 10th and 90th percentiles of the 20 ms
-    frame powers. In noisy speech the quietest frames are the noise between words."""
+    frame powers. In noisy speech the quietest frames are the noise between words; frames
+    of digital silence (a stream's start, a delay line) are not noise and are left out."""
     n = rate // 50
     f = x[: len(x) // n * n].astype(np.float64).reshape(-1, n) / 32768.0
+    f = f[np.any(f != 0, axis=1)]
     e = 10.0 * np.log10(np.mean(f * f, axis=1) + 1e-12)
     return float(np.percentile(e, 10)), float(np.percentile(e, 90))
 

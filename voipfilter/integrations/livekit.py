@@ -78,6 +78,7 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
         self._enabled = bool(enabled)
         self._dens: list[Denoiser] = []
         self._format: tuple[int, int] | None = None  # (sample_rate, num_channels)
+        self._delay = 0
         self._passthrough_rate: int | None = None
         self._paused = False  # disabled and not fed since: the stream has a hole
         self._publication: str | None = None
@@ -124,7 +125,7 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
     def delay_samples(self) -> int:
         """Constant delay of the output, in samples at ``sample_rate`` (0 before the first
         frame and for a rate the model cannot run, which is passed through)."""
-        return self._dens[0].delay_samples if self._dens else 0
+        return self._delay
 
     @property
     def delay_ms(self) -> float:
@@ -139,7 +140,6 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
     def reset(self) -> None:
         """Start a fresh stream state at the next frame (e.g. a new talker)."""
         self._dens = []
-        self._format = None
 
     # ------------------------------------------------------------------ FrameProcessor
     def _on_stream_info_updated(self, *, room_name: str, participant_identity: str, publication_sid: str) -> None:
@@ -159,13 +159,14 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
                     "unfiltered (ask AudioStream for sample_rate=48000, 24000 or 16000)",
                     rate, ", ".join(map(str, SUPPORTED_RATES)),
                 )
+            self._format, self._delay, self._dens = (rate, channels), 0, []
             return frame
-        if self._format != (rate, channels) or (self._paused and self._enabled):
-            # a hole in the stream (LiveKit skipped us while disabled) or a new format
+        if not self._dens or self._format != (rate, channels) or (self._paused and self._enabled):
+            # a new stream or format, or a hole in the stream (LiveKit skipped us while disabled)
             self._dens = [Denoiser(self._model, rate) for _ in range(channels)]
-            self._format = (rate, channels)
+            self._format, self._delay = (rate, channels), self._dens[0].delay_samples
         self._paused = False
-        x = np.frombuffer(frame.data, dtype=np.int16).reshape(n, channels)
+        x = np.frombuffer(frame.data, dtype=np.int16)[: n * channels].reshape(n, channels)
         y = np.empty_like(x)
         try:
             for c, den in enumerate(self._dens):
@@ -179,10 +180,11 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
         except Exception as exc:  # not the model: pass this frame's audio through
             self._count_error(exc)
             return frame
-        return rtc.AudioFrame(y.tobytes(), rate, channels, n)
+        return rtc.AudioFrame(y.tobytes(), rate, channels, n, userdata=frame.userdata)
 
     def _close(self) -> None:
-        """Drop the stream state (LiveKit calls this when its AudioStream closes)."""
+        """Drop the stream state (LiveKit calls this when its AudioStream closes); the next
+        frame starts a fresh one."""
         self.reset()
         self._publication = None
 
