@@ -12,8 +12,8 @@ or, in a LiveKit agent, ``room_io.AudioInputOptions(noise_cancellation=NoiseSupp
 LiveKit's ``AudioStream`` calls ``_process(frame)`` on its event loop for every frame it
 receives, at the stream's ``sample_rate`` and ``num_channels``; each call returns a frame
 of the same rate, channel count and length, each channel filtered by its own stream state
-and delayed by the constant ``delay_samples``. The model takes about 0.1 ms per channel per
-10 ms of audio (docs/integrations.md), little enough to run inline as LiveKit does.
+and delayed by the constant ``delay_samples``. A 10 ms mono frame costs well under a
+millisecond of CPU (docs/integrations.md), little enough to run inline as LiveKit does.
 
 ``enabled = False`` passes the input through delayed by the same ``delay_samples``, with a
 10 ms crossfade, for as long as frames keep coming to ``_process``. LiveKit's
@@ -45,7 +45,7 @@ __all__ = ["NoiseSuppression"]
 
 logger = logging.getLogger("voipfilter.integrations.livekit")
 
-PREWARM_RATES = (48000, 24000)  # AudioStream's default rate and LiveKit agents' input rate
+PREWARM_RATES = (48000, 24000)  # AudioStream's default rate and a common agent input rate
 
 
 class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
