@@ -93,7 +93,8 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
     # ------------------------------------------------------------------ knobs
     @property
     def enabled(self) -> bool:
-        """Filtering (True) or delay-aligned bypass (False)."""
+        """Filtering (True) or delay-aligned bypass (False) of the frames that reach
+        ``_process``; LiveKit's AudioStream hands a disabled processor no frames."""
         return self._enabled
 
     @enabled.setter
