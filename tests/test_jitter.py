@@ -268,8 +268,9 @@ def test_concealment_frames_decode_to_opus_plc_with_aiortcs_decoder():
 
 
 # --------------------------------------------------------------------------- aiortc hook
-def test_aiortc_receiver_still_has_what_the_hook_relies_on():
-    """Fails when an aiortc upgrade renames or retypes the receiver internals we use."""
+async def test_aiortc_receiver_still_has_what_the_hook_relies_on():
+    """Fails when an aiortc upgrade renames or retypes the receiver internals we use.
+    (async: aiortc's sender takes the running loop, whatever earlier tests left behind)"""
     from aiortc import RTCPeerConnection
     from aiortc.jitterbuffer import JitterBuffer
 
@@ -289,6 +290,7 @@ def test_aiortc_receiver_still_has_what_the_hook_relies_on():
     src = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
     assert "self.__jitter_buffer.add(packet)" in src
     assert "codec, encoded_frame = task" in inspect.getsource(decoder_worker)
+    await pc.close()
 
 
 async def test_hook_switches_audio_receivers_of_that_pc_only():
