@@ -390,6 +390,8 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                 except MediaStreamError:
                     self.stop()
                     raise
+                if self.readyState != "live":  # stopped while waiting: the filter is gone
+                    raise MediaStreamError
                 t0 = time.perf_counter()
                 now = loop.time()
                 self._n_in += 1
@@ -415,6 +417,19 @@ class NoiseSuppressionTrack(MediaStreamTrack):
             self._loop_max = max(self._loop_max, t_sync)
             self._n_out += 1
             return out
+
+    def stop(self) -> None:
+        """Stop the track and free its filter now: the filter's resamplers hold native
+        threads, which would otherwise wait for Python's cycle collector."""
+        super().stop()
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            inflight.add_done_callback(lambda _fut: self._free_filter())
+        else:
+            self._free_filter()
+
+    def _free_filter(self) -> None:
+        self._chain = None
 
     def _keep(self, frame: av.AudioFrame, now: float, waited: float) -> bool:
         """Backlog policy: True to process ``frame``, False to drop it.
