@@ -12,11 +12,13 @@ connectivity checks sent to it. The server therefore
 - filters exactly one audio section (the first one the caller sends on) and answers every
   other audio or video section ``inactive``, so no decoder runs for it.
 
-:func:`check_offer` does the counting; :class:`voipfilter.server.Call` applies the result.
+:func:`check_offer` does the counting; :class:`voipfilter.server.Call` applies the result,
+and :func:`pin_audio_stream` keeps RTP sent on the other sections out of the filtered one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 DEFAULT_MAX_SDP_BYTES = 32 * 1024  # a browser's non-trickle offer is ~5-10 KB
 DEFAULT_MAX_MEDIA_SECTIONS = 4  # the page sends 2 (audio + data channel)
@@ -142,3 +144,33 @@ def check_offer(sdp: str, limits: OfferLimits = OfferLimits()) -> OfferShape:
     if shape.audio_index is None:
         raise OfferRejected("no_audio", "the offer has no audio to filter (add an audio track, sendrecv)")
     return shape
+
+
+def pin_audio_stream(receiver: Any, mid: str | None) -> bool:
+    """Let only one RTP stream reach ``receiver`` (the filtered audio section's).
+
+    aiortc routes a packet with an unknown SSRC to the one receiver that has its payload
+    type, so RTP a caller sends on an ``inactive`` audio section (same Opus payload type)
+    would be fed into the filtered call's jitter buffer and decoder. This wraps the
+    transport's router (aiortc 1.16's ``RTCDtlsTransport._rtp_router``) so that packets
+    for ``receiver`` are dropped when their ``mid`` header extension names another section,
+    or when they come from another SSRC than the first one accepted. Returns False (and
+    changes nothing) where that router is not there."""
+    router = getattr(getattr(receiver, "transport", None), "_rtp_router", None)
+    route = getattr(router, "route_rtp", None)
+    if route is None:
+        return False
+    state: dict[str, int] = {}
+
+    def route_rtp(packet):
+        target = route(packet)
+        if target is not receiver:
+            return target
+        packet_mid = getattr(packet.extensions, "mid", None)
+        if packet_mid is not None and mid is not None and packet_mid != mid:
+            return None
+        ssrc = state.setdefault("ssrc", packet.ssrc)
+        return target if packet.ssrc == ssrc else None
+
+    router.route_rtp = route_rtp
+    return True

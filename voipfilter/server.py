@@ -40,7 +40,7 @@ from aiohttp import web
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .access import AccessPolicy, is_loopback
-from .offer_limits import OfferLimits, OfferRejected, OfferShape, check_offer
+from .offer_limits import OfferLimits, OfferRejected, OfferShape, check_offer, pin_audio_stream
 
 log = logging.getLogger("voipfilter.server")
 
@@ -368,6 +368,13 @@ class Call:
             elif state == "closed":  # the caller closed its connection (DTLS close_notify)
                 await self.caller_gone("caller_closed")
 
+        @self.pc.on("iceconnectionstatechange")
+        async def _on_ice_state() -> None:
+            # aioice closes ICE when the caller stops answering consent checks (RFC 7675,
+            # ~30 s): a vanished browser, reported before the connection state follows
+            if self.pc.iceConnectionState in ("failed", "closed") and self.connected_at is not None:
+                await self.caller_gone("caller_lost")
+
         @self.pc.on("datachannel")
         def _on_channel(channel) -> None:
             if channel.label != "control":
@@ -414,6 +421,8 @@ class Call:
         self.echo = EchoTrack(self.source, self.track)
         transceiver.sender.replaceTrack(self.echo)
         transceiver.direction = "sendrecv"
+        if not pin_audio_stream(self.receiver, transceiver.mid):
+            log.warning("cannot pin the call's audio to one RTP stream (aiortc changed?)")
 
         @self.source.on("ended")
         async def _on_ended() -> None:
@@ -754,9 +763,9 @@ async def call_stats(request: web.Request) -> web.Response:
 
 
 async def call_control(request: web.Request) -> web.Response:
-    call = _get_call(request)
     if request.content_type != "application/json":
         return json_error(415, "unsupported_media_type", "send the controls as application/json")
+    call = _get_call(request)
     try:
         body = json.loads(await read_body(request, request.app[APP_KEY_CONFIG].http_timeout_s))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
