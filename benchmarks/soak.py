@@ -25,9 +25,7 @@ import contextlib
 import fractions
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -198,12 +196,6 @@ class Caller:
             self.round_trips.append((sent_at - self._t0, 1000.0 * (arrived - sent_at)))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def proc_sample(pid: int) -> dict:
     """RSS (MB), threads, open files and CPU seconds of a process, from /proc."""
     status = Path(f"/proc/{pid}/status").read_text()
@@ -227,34 +219,13 @@ def http_json(url: str, method: str = "GET", body: dict | None = None) -> dict:
 
 @contextlib.contextmanager
 def server(args, log_path: Path):
-    port = free_port()
-    cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice",
-           "--max-calls", str(args.calls), "--max-calls-per-client", str(args.calls)]
-    if args.model:
-        cmd += ["--model", args.model]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 60
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"server exited ({proc.returncode}): {log_path.read_text()[-2000:]}")
-                try:
-                    http_json(url + "/health")
-                    break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit("the server did not start within 60 s")
-                    time.sleep(0.3)
-            yield proc, url
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    """The server process (benchmarks/latency_browser.py starts it), with room for every call."""
+    from latency_browser import server_process
+
+    started = []
+    extra = ("--max-calls", str(args.calls), "--max-calls-per-client", str(args.calls))
+    with server_process(args.model, log_path, extra_args=extra, on_start=started.append) as url:
+        yield started[0], url
 
 
 async def soak(args, proc, url: str) -> dict:
