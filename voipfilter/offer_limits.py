@@ -54,7 +54,6 @@ class MediaSection:
     port: int
     mid: str | None = None
     direction: str = "sendrecv"
-    candidates: int = 0
 
     @property
     def caller_sends(self) -> bool:
@@ -114,8 +113,6 @@ def check_offer(sdp: str, limits: OfferLimits = OfferLimits()) -> OfferShape:
             name = attr.split(":", 1)[0]
             if name == "candidate":
                 candidates += 1
-                if current is not None:
-                    current.candidates += 1
                 if candidates > limits.max_candidates:
                     raise OfferRejected(
                         "too_many_candidates",
@@ -154,15 +151,24 @@ def pin_audio_stream(receiver: Any, mid: str | None) -> bool:
     would be fed into the filtered call's jitter buffer and decoder. This wraps the
     transport's router (aiortc 1.16's ``RTCDtlsTransport._rtp_router``) so that packets
     for ``receiver`` are dropped when their ``mid`` header extension names another section,
-    or when they come from another SSRC than the first one accepted. Returns False (and
+    or when they come from another SSRC than the one the offer signalled for it (where it
+    signalled none: the first one accepted). Returns False (and
     changes nothing) where that router is not there."""
     router = getattr(getattr(receiver, "transport", None), "_rtp_router", None)
     route = getattr(router, "route_rtp", None)
     if route is None:
         return False
     state: dict[str, int] = {}
+    scanned = False
 
     def route_rtp(packet):
+        nonlocal scanned
+        if not scanned and receiver in router.receivers:
+            # registered, and route() has not yet added SSRCs it guessed: the signalled ones
+            scanned = True
+            signalled = [ssrc for ssrc, r in router.ssrc_table.items() if r is receiver]
+            if signalled:
+                state["ssrc"] = signalled[0]
         target = route(packet)
         if target is not receiver:
             return target

@@ -635,12 +635,13 @@ class Call:
         for task in self._tasks:
             if task is not current:
                 task.cancel()
-        for track in (self.echo, self.track):
-            if track is not None:
-                try:
-                    track.stop()
-                except Exception:  # noqa: BLE001
-                    log.debug("track stop failed", exc_info=True)
+        try:
+            if self.echo is not None:
+                self.echo.stop()
+            if self.track is not None:
+                self.track.release()
+        except Exception:  # noqa: BLE001
+            log.debug("track stop failed", exc_info=True)
         try:
             await self.pc.close()
         except Exception:  # noqa: BLE001

@@ -418,10 +418,11 @@ class NoiseSuppressionTrack(MediaStreamTrack):
             self._n_out += 1
             return out
 
-    def stop(self) -> None:
-        """Stop the track and free its filter now: the filter's resamplers hold native
-        threads, which would otherwise wait for Python's cycle collector."""
-        super().stop()
+    def release(self) -> None:
+        """Stop the track and free its filter now (a server ending a call): the filter's
+        resamplers hold native threads, which would otherwise wait for Python's cycle
+        collector. stats() stays readable; the delay reads as at 48 kHz again."""
+        self.stop()
         inflight = self._inflight
         if inflight is not None and not inflight.done():
             inflight.add_done_callback(lambda _fut: self._free_filter())
