@@ -390,7 +390,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                 except MediaStreamError:
                     self.stop()
                     raise
-                if self.readyState != "live":  # stopped while waiting: the filter is gone
+                if self.readyState != "live":  # stopped while waiting: no more frames
                     raise MediaStreamError
                 t0 = time.perf_counter()
                 now = loop.time()
