@@ -76,10 +76,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(
-    model: str | None, log_path: Path, port: int | None = None, extra_args: tuple[str, ...] = ()
-) -> Iterator[str]:
-    """``python server.py --loopback-ice [extra_args]`` on a free port; yields its base URL."""
+def server_process(model: str | None, log_path: Path, port: int | None = None,
+                   extra_args: tuple[str, ...] = (), on_start=None) -> Iterator[str]:
+    """``python server.py --loopback-ice [extra_args]`` on a free port; yields its base URL
+    (``on_start(proc)`` is called with the process once it answers)."""
     port = port or free_port()
     cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice", *extra_args]
     if model:
@@ -99,6 +99,8 @@ def server_process(
                     if time.monotonic() > deadline:
                         raise RuntimeError("server did not start in 30 s")
                     time.sleep(0.2)
+            if on_start is not None:
+                on_start(proc)
             yield url
         finally:
             proc.terminate()

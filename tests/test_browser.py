@@ -129,3 +129,35 @@ def test_page_calls_the_server_and_shows_where_the_latency_goes(browser_ready, i
     ends = [x for x in lines if x.get("event") == "call_end"]
     assert len(ends) == 1 and ends[0]["reason"] == "hangup", lines
     assert ends[0]["frames_in"] > 100 and ends[0]["errors"] == 0
+
+
+def test_page_takes_the_token_from_its_url(browser_ready, identity_model, tmp_path):
+    """With --token the page sends the token from its URL (#token=...) on every API request;
+    without it the call does not start and the page says why."""
+    import latency_browser as lb
+
+    token = "browser-test-token-1234"
+    log = tmp_path / "server.log"
+    fake = lb.write_voice_wav(tmp_path / "voice.wav", seconds=20.0)
+    with lb.server_process(str(identity_model), log, extra_args=("--token", token)) as url, lb.browser(fake) as ctx:
+        bare = ctx.new_page()
+        bare.goto(url + "/")
+        bare.wait_for_function("() => window.voipfilterDemo && window.voipfilterDemo.ready")
+        bare.click("#start-btn")
+        state = lb.wait_state(bare, "s.callState === 'failed'", 20, "refused without the token")
+        assert "token" in state["error"], state["error"]
+
+        page = ctx.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/#token=" + token)
+        page.wait_for_function("() => window.voipfilterDemo && window.voipfilterDemo.ready")
+        page.select_option("#input-select", "sample")
+        page.click("#start-btn")
+        state = lb.wait_state(page, "s.callState === 'connected' || s.callState === 'failed'", 20, "connected")
+        assert state["callState"] == "connected", state.get("error")
+        lb.wait_state(page, "s.browser.packetsReceived > 20 && s.serverStats", 20, "audio and stats")
+        lb.hang_up(page)
+        assert not errors, errors
+    ends = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{") and '"call_end"' in x]
+    assert [e["reason"] for e in ends] == ["hangup"], ends

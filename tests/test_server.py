@@ -465,7 +465,7 @@ async def test_remote_hangup_ends_the_call(identity_model, caplog):
         await caller.close()
         await wait_for(lambda: srv.calls_of(app) == {}, 15, "the server noticed the caller left")
     reasons = [json.loads(r.getMessage())["reason"] for r in caplog.records if '"call_end"' in r.getMessage()]
-    assert reasons and reasons[0] in ("remote_closed", "caller_ended", "ice_failed")
+    assert reasons == ["caller_closed"]  # closed its connection without a DELETE: not a hang-up
 
 
 async def test_unanswered_offer_times_out(identity_model):

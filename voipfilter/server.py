@@ -13,6 +13,12 @@ tells the page the ICE servers and defaults.
 
 Every error from the API is JSON: ``{"error": code, "message": text}`` with a 4xx/5xx
 status. Each call writes one JSON log line when it ends.
+
+Every offer is treated as hostile (docs/server.md): the SDP is counted against caps and
+only one audio section is decoded (voipfilter/offer_limits.py); Host, Origin and the
+optional token are checked on every request (voipfilter/access.py); a call ends by itself
+when it never connects, when no audio arrives, when the caller goes away, and after
+``max_call_s``; each client address holds at most ``max_calls_per_client`` calls.
 """
 from __future__ import annotations
 
@@ -33,14 +39,21 @@ from typing import Any
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .access import AccessPolicy, is_loopback
+from .offer_limits import OfferLimits, OfferRejected, OfferShape, check_offer, pin_audio_stream
+
 log = logging.getLogger("voipfilter.server")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_MAX_CALLS = 4
 DEFAULT_MAX_BODY = 64 * 1024  # a browser offer with every candidate is ~5-10 KB
-DEFAULT_CONNECT_TIMEOUT_S = 20.0
+DEFAULT_CONNECT_TIMEOUT_S = 10.0  # the page posts its offer with every candidate gathered
 DEFAULT_MAX_CALL_S = 3600.0
+DEFAULT_NO_MEDIA_TIMEOUT_S = 15.0
+DEFAULT_MAX_CALLS_PER_CLIENT = 2
+DEFAULT_HTTP_TIMEOUT_S = 10.0  # request head, request body, and an idle keep-alive connection
+DEFAULT_HANGUP_GRACE_S = 2.0
 STATS_INTERVAL_S = 0.5
 
 # aiortc 1.16 decodes received audio behind JitterBuffer(capacity=16, prefetch=4): a frame
@@ -49,8 +62,11 @@ AIORTC_JITTER_PREFETCH = 4
 APP_KEY_CONFIG = web.AppKey("voipfilter_config", object)
 APP_KEY_CALLS = web.AppKey("voipfilter_calls", dict)
 APP_KEY_STATE = web.AppKey("voipfilter_state", dict)
+APP_KEY_ENDING = web.AppKey("voipfilter_ending", dict)
+APP_KEY_ACCESS = web.AppKey("voipfilter_access", AccessPolicy)
 
 API_PREFIXES = ("/offer", "/calls", "/health", "/config")
+TOKEN_PREFIXES = ("/offer", "/calls", "/config")  # the page, /static and /health stay open
 
 
 # --------------------------------------------------------------------------- config
@@ -76,6 +92,14 @@ class ServerConfig:
     max_call_s: float = DEFAULT_MAX_CALL_S
     stats_interval_s: float = STATS_INTERVAL_S
     aiortc_jitter_buffer: bool = False  # True: aiortc's own receive buffer (for comparison)
+    # who may call, and the limits that free slots (docs/server.md)
+    no_media_timeout_s: float = DEFAULT_NO_MEDIA_TIMEOUT_S  # 0 = never
+    max_calls_per_client: int = DEFAULT_MAX_CALLS_PER_CLIENT
+    hangup_grace_s: float = DEFAULT_HANGUP_GRACE_S  # a DELETE this soon after the caller left is its hang-up
+    http_timeout_s: float = DEFAULT_HTTP_TIMEOUT_S
+    offer_limits: OfferLimits = field(default_factory=OfferLimits)
+    allow_origins: list[str] = field(default_factory=list)
+    token: str | None = None
 
     def ice_servers(self):
         """aiortc RTCIceServer list for the server's own peer connections (may be empty)."""
@@ -177,10 +201,40 @@ async def json_errors(request: web.Request, handler):
         code = {
             404: "not_found",
             405: "method_not_allowed",
+            408: "request_timeout",
             413: "body_too_large",
         }.get(exc.status, "http_error")
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return json_error(exc.status, code, exc.reason or code, **headers)
+
+
+@web.middleware
+async def access_checks(request: web.Request, handler):
+    """Host and Origin on every request, the token on the API (voipfilter/access.py)."""
+    policy: AccessPolicy = request.app[APP_KEY_ACCESS]
+    host = request.headers.get("Host")
+    why = policy.check_host(host)
+    if why is not None:
+        return json_error(403, "forbidden_host", why)
+    why = policy.check_origin(request.headers.get("Origin"), host)
+    if why is not None:
+        return json_error(403, "forbidden_origin", why)
+    if request.path.startswith(TOKEN_PREFIXES) and not policy.check_token(request.headers.get("Authorization")):
+        return json_error(
+            401, "unauthorized",
+            "this server needs its token: open the page as /#token=TOKEN (or ?token=TOKEN), "
+            "or send the header Authorization: Bearer TOKEN",
+            **{"WWW-Authenticate": "Bearer"},
+        )
+    return await handler(request)
+
+
+async def read_body(request: web.Request, timeout_s: float) -> bytes:
+    """The request body, or HTTP 408 when the client stops sending it part way."""
+    try:
+        return await asyncio.wait_for(request.read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise web.HTTPRequestTimeout(reason=f"the request body did not arrive within {timeout_s:g} s") from None
 
 
 # --------------------------------------------------------------------------- calls
@@ -257,6 +311,7 @@ class EchoTrack(MediaStreamTrack):
         self.source = source
         self.ns = ns
         self.bypass = False
+        self.last_frame_at: float | None = None  # monotonic time of the last caller frame
         self._pts = 0
         self._rate: int | None = None
 
@@ -267,6 +322,7 @@ class EchoTrack(MediaStreamTrack):
             frame = await self.source.recv()
         else:
             frame = await self.ns.recv()
+        self.last_frame_at = time.monotonic()
         if self._rate is not None and frame.sample_rate != self._rate:
             self._pts = self._pts * frame.sample_rate // self._rate
         self._rate = frame.sample_rate
@@ -302,9 +358,12 @@ class Call:
         self.channel = None
         self.created = time.monotonic()
         self.connected_at: float | None = None
-        self.closed = False
+        self.closed = False  # media stopped and the slot freed (the end reason may follow)
         self.end_reason: str | None = None
         self._tasks: list[asyncio.Task] = []
+        self.pending_reason: str | None = None  # why the caller went, during the hang-up grace
+        self._grace: asyncio.TimerHandle | None = None
+        self._summary: dict | None = None
         self._jb_max_ms = 0.0
         self._jb_samples: list[float] = []
 
@@ -313,8 +372,17 @@ class Call:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
-            elif state in ("failed", "closed"):
-                await self.close("ice_failed" if state == "failed" else "remote_closed")
+            elif state == "failed":  # ICE or DTLS failed, or consent checks went unanswered
+                await self.caller_gone("caller_lost" if self.connected_at is not None else "ice_failed")
+            elif state == "closed":  # the caller closed its connection (DTLS close_notify)
+                await self.caller_gone("caller_closed")
+
+        @self.pc.on("iceconnectionstatechange")
+        async def _on_ice_state() -> None:
+            # aioice closes ICE when the caller stops answering consent checks (RFC 7675,
+            # ~30 s): a vanished browser, reported before the connection state follows
+            if self.pc.iceConnectionState in ("failed", "closed") and self.connected_at is not None:
+                await self.caller_gone("caller_lost")
 
         @self.pc.on("datachannel")
         def _on_channel(channel) -> None:
@@ -330,8 +398,12 @@ class Call:
 
     # ---- negotiation
 
-    async def answer(self, sdp: str, sdp_type: str) -> dict:
-        """Apply the offer, wire the echo and return the answer. ValueError: bad offer."""
+    async def answer(self, sdp: str, sdp_type: str, shape: OfferShape) -> dict:
+        """Apply the offer, wire the echo and return the answer. ValueError: bad offer.
+
+        ``shape`` (from :func:`check_offer`) names the one audio section to filter; every
+        other audio/video section is answered ``inactive``, so aiortc never starts its
+        receiver (no decoder thread, no queue) and never sends on it."""
         from aiortc import RTCSessionDescription
 
         from .track import NoiseSuppressionTrack
@@ -341,21 +413,29 @@ class Call:
         except Exception as exc:  # noqa: BLE001 - aiortc raises many kinds on bad SDP
             raise ValueError(f"the offer could not be applied: {exc.__class__.__name__}: {exc}") from exc
 
-        audio = [t for t in self.pc.getTransceivers() if t.kind == "audio" and t.receiver.track is not None]
-        if not audio:
+        media = [t for t in self.pc.getTransceivers() if t.kind in ("audio", "video")]
+        audio = [t for t in media if t.kind == "audio" and t.receiver.track is not None]
+        wanted = shape.audio.mid if shape.audio is not None else None
+        transceiver = next((t for t in audio if wanted is not None and t.mid == wanted), audio[0] if audio else None)
+        if transceiver is None:
             raise ValueError("the offer has no audio to filter (add an audio track, sendrecv)")
-        transceiver = audio[0]
+        for other in media:
+            if other is not transceiver:
+                other.direction = "inactive"
         self.receiver = transceiver.receiver
         self.source = transceiver.receiver.track
         self.track = NoiseSuppressionTrack(
             self.source, model=self.app[APP_KEY_STATE]["model"], atten_lim_db=self.config.atten_lim_db
         )
         self.echo = EchoTrack(self.source, self.track)
-        self.pc.addTrack(self.echo)
+        transceiver.sender.replaceTrack(self.echo)
+        transceiver.direction = "sendrecv"
+        if not pin_audio_stream(self.receiver, transceiver.mid):
+            log.warning("cannot pin the call's audio to one RTP stream (aiortc changed?)")
 
         @self.source.on("ended")
         async def _on_ended() -> None:
-            await self.close("caller_ended")
+            await self.caller_gone("caller_closed")
 
         try:
             answer = await self.pc.createAnswer()
@@ -467,7 +547,8 @@ class Call:
         return out
 
     async def _watch(self) -> None:
-        """Push stats, enforce the connect timeout and the call length limit."""
+        """Push stats; enforce the connect timeout, the no-audio timeout and the call length
+        limit."""
         cfg = self.config
         try:
             while not self.closed:
@@ -476,6 +557,11 @@ class Call:
                 if self.connected_at is None and now - self.created > cfg.connect_timeout_s:
                     await self.close("connect_timeout")
                     return
+                if self.connected_at is not None and cfg.no_media_timeout_s:
+                    last = self.echo.last_frame_at if self.echo is not None else None
+                    if now - max(last or 0.0, self.connected_at) > cfg.no_media_timeout_s:
+                        await self.close("no_media")
+                        return
                 if cfg.max_call_s and now - self.created > cfg.max_call_s:
                     await self.close("max_duration")
                     return
@@ -523,23 +609,52 @@ class Call:
         }
 
     async def close(self, reason: str) -> None:
+        """End the call now with ``reason``: one log line, slot, media and sockets freed."""
+        if self.end_reason is not None:
+            return
+        self.end_reason = reason
+        if self._grace is not None:
+            self._grace.cancel()
+        self.app[APP_KEY_ENDING].pop(self.id, None)
+        await self._release()
+        summary = dict(self._summary or {}, reason=reason)
+        log.info(json.dumps(summary, default=str))
+
+    async def caller_gone(self, reason: str) -> None:
+        """The caller closed or lost its connection: free everything now, but wait
+        ``hangup_grace_s`` for the page's DELETE before recording ``reason``: a page that
+        hangs up sends both, in either order, and that is one hang-up."""
+        if self.closed:
+            return
+        self.pending_reason = reason
+        self.app[APP_KEY_ENDING][self.id] = self
+        loop = asyncio.get_running_loop()
+        self._grace = loop.call_later(
+            max(0.0, self.config.hangup_grace_s), lambda: asyncio.ensure_future(self.close(reason))
+        )
+        await self._release()
+
+    async def _release(self) -> None:
+        """Free the slot, stop the tracks and close the peer connection (idempotent).
+
+        Ends the filter explicitly (its resamplers hold native threads) rather than leaving
+        it to Python's cycle collector."""
         if self.closed:
             return
         self.closed = True
-        self.end_reason = reason
-        calls = self.app[APP_KEY_CALLS]
-        calls.pop(self.id, None)
-        summary = self.summary()  # before the track stops
+        self.app[APP_KEY_CALLS].pop(self.id, None)
+        self._summary = self.summary()  # before the track stops
         current = asyncio.current_task()
         for task in self._tasks:
             if task is not current:
                 task.cancel()
-        if self.echo is not None or self.track is not None:
-            try:
-                (self.echo or self.track).stop()
-            except Exception:  # noqa: BLE001
-                log.debug("track stop failed", exc_info=True)
-        log.info(json.dumps(summary, default=str))
+        try:
+            if self.echo is not None:
+                self.echo.stop()
+            if self.track is not None:
+                self.track.release()
+        except Exception:  # noqa: BLE001
+            log.debug("track stop failed", exc_info=True)
         try:
             await self.pc.close()
         except Exception:  # noqa: BLE001
@@ -593,7 +708,7 @@ async def offer(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > cfg.max_body:
         return json_error(413, "body_too_large", f"the body is over {cfg.max_body} bytes")
     try:
-        raw = await request.read()
+        raw = await read_body(request, cfg.http_timeout_s)
     except web.HTTPRequestEntityTooLarge:
         return json_error(413, "body_too_large", f"the body is over {cfg.max_body} bytes")
     try:
@@ -615,17 +730,29 @@ async def offer(request: web.Request) -> web.Response:
             return json_error(422, "invalid_controls", str(exc))
     if not sdp.lstrip().startswith("v=0"):
         return json_error(400, "invalid_sdp", "'sdp' is not an SDP session description (it must start with v=0)")
+    try:
+        shape = check_offer(sdp, cfg.offer_limits)
+    except OfferRejected as exc:
+        return json_error(400, exc.code, str(exc))
 
     calls: dict = app[APP_KEY_CALLS]
     if len(calls) >= cfg.max_calls:
         return json_error(
             503, "too_many_calls", f"{cfg.max_calls} calls are in progress; try again later", **{"Retry-After": "10"}
         )
+    mine = sum(1 for c in calls.values() if c.remote == request.remote)
+    if mine >= cfg.max_calls_per_client:
+        return json_error(
+            429, "too_many_calls_from_client",
+            f"{mine} calls from {request.remote} are already connecting or in progress (the limit per "
+            "address); hang one up first",
+            **{"Retry-After": "10"},
+        )
     call_id = secrets.token_hex(8)
     call = Call(app, call_id, request.remote)
     calls[call_id] = call  # hold the slot while negotiating
     try:
-        answer = await call.answer(sdp, sdp_type)
+        answer = await call.answer(sdp, sdp_type, shape)
     except ValueError as exc:
         await call.close("bad_offer")
         return json_error(400, "invalid_sdp", str(exc))
@@ -650,9 +777,11 @@ async def call_stats(request: web.Request) -> web.Response:
 
 
 async def call_control(request: web.Request) -> web.Response:
+    if request.content_type != "application/json":
+        return json_error(415, "unsupported_media_type", "send the controls as application/json")
     call = _get_call(request)
     try:
-        body = json.loads(await request.read())
+        body = json.loads(await read_body(request, request.app[APP_KEY_CONFIG].http_timeout_s))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         return json_error(400, "invalid_json", f"the body is not valid JSON: {exc}")
     try:
@@ -664,7 +793,12 @@ async def call_control(request: web.Request) -> web.Response:
 
 
 async def call_hangup(request: web.Request) -> web.Response:
-    call = _get_call(request)
+    """End the call as a hang-up, also when its connection closed just before (the page
+    sends the DELETE and closes; the two may arrive in either order)."""
+    call_id = request.match_info["call_id"]
+    call = request.app[APP_KEY_CALLS].get(call_id) or request.app[APP_KEY_ENDING].get(call_id)
+    if call is None:
+        raise web.HTTPNotFound(reason="no such call (it ended, or the id is wrong)")
     await call.close("hangup")
     return web.json_response({"call_id": call.id, "ended": True})
 
@@ -686,6 +820,8 @@ async def _on_shutdown(app: web.Application) -> None:
     calls = list(app[APP_KEY_CALLS].values())
     if calls:
         await asyncio.gather(*(c.close("shutdown") for c in calls), return_exceptions=True)
+    for call in list(app[APP_KEY_ENDING].values()):  # left in their hang-up grace: log them now
+        await call.close(call.pending_reason or "caller_closed")
 
 
 async def _on_cleanup(app: web.Application) -> None:
@@ -697,9 +833,17 @@ async def _on_cleanup(app: web.Application) -> None:
 def create_app(config: ServerConfig, model: Any = None) -> web.Application:
     """Build the app. ``model``: an already loaded Model (or path) to share; defaults to
     ``config.model`` (tests pass the identity model's path)."""
-    app = web.Application(client_max_size=config.max_body, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=config.max_body,
+        middlewares=[access_checks, json_errors],
+        # aiohttp closes a connection that is idle, or has sent only part of a request
+        # head, this long after it opened or after its last response
+        handler_args={"keepalive_timeout": config.http_timeout_s},
+    )
     app[APP_KEY_CONFIG] = config
+    app[APP_KEY_ACCESS] = AccessPolicy(config.host, config.allow_origins, config.token)
     app[APP_KEY_CALLS] = {}
+    app[APP_KEY_ENDING] = {}
     app[APP_KEY_STATE] = {"model": model if model is not None else config.model}
     if model is not None and not isinstance(model, (str, os.PathLike)):
         from .track import prewarm
@@ -814,12 +958,75 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "and AudioWorklet only to https:// pages or http://localhost; env VOIPFILTER_TLS_CERT)")
     parser.add_argument("--tls-key", default=_env("TLS_KEY"), metavar="PEM",
                         help="private key for --tls-cert (env VOIPFILTER_TLS_KEY)")
+    _configure_guards(parser)
     parser.add_argument("--log-level", default=_env("LOG_LEVEL", "info"),
                         choices=["debug", "info", "warning", "error"], help="log level (default info)")
     parser.add_argument("--access-log", action="store_true", help="also log every HTTP request")
     parser.add_argument("--aiortc-jitter-buffer", action="store_true", default=_env_bool("AIORTC_JITTER_BUFFER"),
                         help="receive with aiortc's own JitterBuffer (80 ms, stalls after a loss) instead of "
                              "voipfilter's low-latency one, for comparison (env VOIPFILTER_AIORTC_JITTER_BUFFER)")
+
+
+def _configure_guards(parser: argparse.ArgumentParser) -> None:
+    """Who may call, and the limits that free call slots (docs/server.md)."""
+    g = parser.add_argument_group("access and limits")
+    g.add_argument("--token", default=_env("TOKEN"),
+                   help="shared secret every API request must carry (Authorization: Bearer TOKEN); the "
+                   "page takes it from its URL, http://HOST:PORT/#token=TOKEN. Required with a --host "
+                   "other than loopback. Prefer the env variable VOIPFILTER_TOKEN (a flag shows in ps)")
+    g.add_argument("--allow-origin", action="append", default=None, metavar="ORIGIN",
+                   help="also accept requests from this origin, and its host name in the Host header, "
+                   "e.g. https://call.example.org behind a reverse proxy (repeatable; env "
+                   "VOIPFILTER_ALLOW_ORIGIN, comma-separated)")
+    g.add_argument("--connect-timeout-s", type=float,
+                   default=float(_env("CONNECT_TIMEOUT_S", DEFAULT_CONNECT_TIMEOUT_S)),
+                   help="end a call whose caller has not connected this long after its offer "
+                   f"(default {DEFAULT_CONNECT_TIMEOUT_S:g})")
+    g.add_argument("--no-media-timeout-s", type=float,
+                   default=float(_env("NO_MEDIA_TIMEOUT_S", DEFAULT_NO_MEDIA_TIMEOUT_S)),
+                   help="end a connected call that sends no audio for this long, reason no_media; "
+                   f"0 = never (default {DEFAULT_NO_MEDIA_TIMEOUT_S:g})")
+    g.add_argument("--max-calls-per-client", type=int,
+                   default=int(_env("MAX_CALLS_PER_CLIENT", DEFAULT_MAX_CALLS_PER_CLIENT)),
+                   help="calls one client address may have connecting or in progress; more get HTTP "
+                   f"429 (default {DEFAULT_MAX_CALLS_PER_CLIENT}; behind a proxy every caller has the "
+                   "proxy's address)")
+    g.add_argument("--http-timeout-s", type=float, default=float(_env("HTTP_TIMEOUT_S", DEFAULT_HTTP_TIMEOUT_S)),
+                   help="close an HTTP connection that is idle or sends a request head or body slower "
+                   f"than this (default {DEFAULT_HTTP_TIMEOUT_S:g})")
+
+
+def _guard_config(args: argparse.Namespace) -> dict:
+    """The ServerConfig fields of the access-and-limits group, checked."""
+    token = args.token or None
+    if not is_loopback(args.host) and not token:
+        raise ConfigError(
+            f"--host {args.host} makes the server reachable from other machines, so it needs a shared "
+            "secret: set VOIPFILTER_TOKEN=SECRET (or --token SECRET) and open the page as "
+            f"http://HOST:{args.port}/#token=SECRET; or keep --host 127.0.0.1 and put a TLS reverse "
+            "proxy in front (docs/deploy.md)"
+        )
+    if args.max_calls_per_client < 1:
+        raise ConfigError("--max-calls-per-client must be at least 1")
+    for name in ("connect_timeout_s", "http_timeout_s"):
+        if not getattr(args, name) > 0:
+            raise ConfigError(f"--{name.replace('_', '-')} must be more than 0 seconds")
+    if args.no_media_timeout_s < 0:
+        raise ConfigError("--no-media-timeout-s must be 0 (never) or more")
+    origins = args.allow_origin if args.allow_origin is not None else _env_list("ALLOW_ORIGIN")
+    for origin in origins:
+        try:
+            AccessPolicy(args.host, [origin])
+        except ValueError as exc:
+            raise ConfigError(f"--allow-origin {exc}") from None
+    return dict(
+        token=token,
+        allow_origins=origins,
+        connect_timeout_s=args.connect_timeout_s,
+        no_media_timeout_s=args.no_media_timeout_s,
+        max_calls_per_client=args.max_calls_per_client,
+        http_timeout_s=args.http_timeout_s,
+    )
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -852,6 +1059,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         atten_lim_db=args.atten_lim_db,
         max_call_s=args.max_call_seconds,
         aiortc_jitter_buffer=args.aiortc_jitter_buffer,
+        **_guard_config(args),
     )
 
 
@@ -899,6 +1107,8 @@ def run(args: argparse.Namespace) -> int:
         "max_calls": config.max_calls,
         "ice_servers": len(config.ice_servers()),
         "loopback_ice": config.loopback_only,
+        "token": bool(config.token),
+        "allow_origins": config.allow_origins,
     }))
     web.run_app(
         app,

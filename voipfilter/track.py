@@ -403,6 +403,8 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                 except MediaStreamError:
                     self.stop()
                     raise
+                if self.readyState != "live":  # stopped while waiting: no more frames
+                    raise MediaStreamError
                 t0 = time.perf_counter()
                 now = loop.time()
                 self._n_in += 1
@@ -428,6 +430,20 @@ class NoiseSuppressionTrack(MediaStreamTrack):
             self._loop_max = max(self._loop_max, t_sync)
             self._n_out += 1
             return out
+
+    def release(self) -> None:
+        """Stop the track and free its filter now (a server ending a call): the filter's
+        resamplers hold native threads, which would otherwise wait for Python's cycle
+        collector. stats() stays readable; the delay reads as at 48 kHz again."""
+        self.stop()
+        inflight = self._inflight
+        if inflight is not None and not inflight.done():
+            inflight.add_done_callback(lambda _fut: self._free_filter())
+        else:
+            self._free_filter()
+
+    def _free_filter(self) -> None:
+        self._chain = None
 
     def _keep(self, frame: av.AudioFrame, now: float, waited: float) -> bool:
         """Backlog policy: True to process ``frame``, False to drop it.

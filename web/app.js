@@ -39,6 +39,34 @@
   let prevInbound = null; let prevPlayout = null;
   let captureSeq = 0; const captureWaiters = new Map();
 
+  // The server's shared secret (voipfilter serve --token), from this page's URL:
+  // ?token=... or #token=... . Sent on every API request as a Bearer token.
+  const token = new URLSearchParams(location.search).get('token')
+    || new URLSearchParams(location.hash.slice(1)).get('token');
+  const HANGUP_WAIT_MS = 1500;
+
+  function api(path, opts = {}) {
+    const headers = { ...(opts.headers || {}) };
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return fetch(path, { ...opts, headers }).then((resp) => {
+      if (resp.status === 401) {
+        throw new Error('this server needs its token: open the page as /#token=TOKEN');
+      }
+      return resp;
+    });
+  }
+
+  // Hang up: the DELETE first (bounded wait), so the server records a hang-up rather than
+  // a closed connection; it also treats a close just before the DELETE as the hang-up.
+  async function hangUp(id) {
+    const abort = new AbortController();
+    const timer = setTimeout(() => abort.abort(), HANGUP_WAIT_MS);
+    try {
+      await api(`/calls/${id}`, { method: 'DELETE', keepalive: true, signal: abort.signal });
+    } catch (e) { /* the server ends the call anyway when the connection closes */ }
+    clearTimeout(timer);
+  }
+
   // ------------------------------------------------------------------ UI helpers
 
   function setStatus(text, kind) {
@@ -67,7 +95,7 @@
       return true;
     }
     if (state.callId) {
-      fetch(`/calls/${state.callId}/control`, {
+      api(`/calls/${state.callId}/control`, {
         method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(extra),
       }).catch(() => {});
       return true;
@@ -100,7 +128,7 @@
     state.callState = 'starting';
     setStatus('starting…');
     try {
-      if (!cfg) cfg = await (await fetch('/config')).json();
+      if (!cfg) cfg = await (await api('/config')).json();
       ctx = new AudioContext({ latencyHint: 'interactive' });
       await ctx.resume();
       // AudioWorklet (the round-trip tap) and the microphone exist only in secure contexts:
@@ -189,7 +217,7 @@
 
       await pc.setLocalDescription(await pc.createOffer());
       await waitIceGathering(pc, 5000);
-      const resp = await fetch('/offer', {
+      const resp = await api('/offer', {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
         body: JSON.stringify({ sdp: pc.localDescription.sdp, type: pc.localDescription.type, controls: controls() }),
@@ -220,7 +248,7 @@
     if (rafId) cancelAnimationFrame(rafId);
     rafId = null;
     const id = state.callId;
-    if (id) fetch(`/calls/${id}`, { method: 'DELETE', keepalive: true }).catch(() => {});
+    if (id) await hangUp(id);
     try { if (dc) dc.close(); } catch (e) { /* closing anyway */ }
     try { if (pc) pc.close(); } catch (e) { /* closing anyway */ }
     if (micStream) micStream.getTracks().forEach((t) => t.stop());
@@ -630,10 +658,10 @@
   $('strength').addEventListener('input', showStrength);
   $('strength').addEventListener('change', () => sendControl({ atten_lim_db: strengthValue() }));
   window.addEventListener('pagehide', () => {
-    if (state.callId) fetch(`/calls/${state.callId}`, { method: 'DELETE', keepalive: true }).catch(() => {});
+    if (state.callId) api(`/calls/${state.callId}`, { method: 'DELETE', keepalive: true }).catch(() => {});
   });
   showStrength();
-  fetch('/config').then((r) => r.json()).then((c) => {
+  api('/config').then((r) => r.json()).then((c) => {
     cfg = c;
     if (c.attenLimDb != null) {
       $('strength').value = String(Math.min(Number($('strength').max) - 3, Math.round(c.attenLimDb / 3) * 3));
