@@ -69,9 +69,9 @@ def make_certificate(tmp: Path) -> tuple[Path, Path]:
 
 
 @contextlib.contextmanager
-def server(model: Path, port: int, tls: tuple[Path, Path] | None) -> Iterator[str]:
+def server(model: Path, port: int, tls: tuple[Path, Path] | None, *extra: str) -> Iterator[str]:
     """server.py on 127.0.0.1 (no token needed on loopback), HTTPS when ``tls`` is given."""
-    cmd = [sys.executable, "server.py", "--model", str(model), "--port", str(port)]
+    cmd = [sys.executable, "server.py", "--model", str(model), "--port", str(port), *extra]
     if tls:
         cmd += ["--tls-cert", str(tls[0]), "--tls-key", str(tls[1])]
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOIPFILTER_")}
@@ -143,7 +143,9 @@ def test_page_over_https_on_a_lan_name_is_a_secure_context(identity_model, tmp_p
         }
         return out;
     }"""
-    with server(identity_model, https_port, (cert, key)), server(identity_model, http_port, None), \
+    # the LAN name is not this machine's own, so the server is told it (it refuses other Host names)
+    with server(identity_model, https_port, (cert, key), "--allow-origin", f"https://{NAME}:{https_port}"), \
+            server(identity_model, http_port, None, "--allow-origin", f"http://{NAME}:{http_port}"), \
             sync_playwright() as p, tempfile.TemporaryDirectory(prefix="voipfilter-chromium-") as profile:
         ctx = p.chromium.launch_persistent_context(
             profile, executable_path=lb.CHROMIUM, headless=True,

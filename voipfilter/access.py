@@ -78,8 +78,9 @@ def machine_addresses() -> set[str]:
                 names.add(str(addr).split("%", 1)[0].lower())
     except Exception:  # noqa: BLE001 - fall back to the names alone
         pass
-    for name in (socket.gethostname(), socket.getfqdn()):
-        if name:
+    host = socket.gethostname()
+    for name in (host, socket.getfqdn(), f"{host.split('.')[0]}.local" if host else ""):
+        if name:  # .local: the machine's mDNS name (Avahi, Bonjour), as docs/deploy.md uses
             names.add(name.lower())
     return names
 
