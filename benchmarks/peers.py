@@ -201,7 +201,8 @@ def main() -> int:
         print(f"  {cls.name}: {lags[cls.name]} = {lags[cls.name] / RATE * 1e3:.1f} ms (cross-correlation)")
 
     audio, sr = sf.read(TIMING_AUDIO, dtype="float32", always_2d=True)
-    audio = resample_poly(audio[:, 0], RATE // sr, 1).astype(np.float32)[: 10 * RATE] if sr != RATE else audio[:, 0]
+    audio = audio[:, 0] if sr == RATE else resample_poly(audio[:, 0], RATE // sr, 1).astype(np.float32)
+    audio = audio[: 10 * RATE]
     factories = {name: (lambda p=path: Denoiser(Model.load(p), sample_rate=RATE).process) for name, path in ours.items()}
     factories.update({cls.name: (lambda c=cls: peer_frames(c)) for cls in PEERS})
     rtf = cpu_rtf(factories, audio, args.rounds)

@@ -265,13 +265,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         rows = evaluate(args.noisy, args.clean, models, use_dnsmos=not args.no_dnsmos, out_dir=args.out_dir,
                         progress=sys.stderr.isatty())
-        text = report(rows, _resolve_ref(args.ref), args.by_snr)
     except (FileNotFoundError, ValueError) as exc:
         print(f"voipfilter eval: {exc}", file=sys.stderr)
         return 2
-    summary = summarize(rows)
-    print(text)
+    if args.tsv:  # first, so that the scores are kept whatever happens next
+        write_tsv(rows + [{**s, "file": "MEAN"} for s in summarize(rows)], args.tsv)
+    print(report(rows, _resolve_ref(args.ref), args.by_snr))
     if args.tsv:
-        write_tsv(rows + [{**s, "file": "MEAN"} for s in summary], args.tsv)
         print(f"per-file scores: {args.tsv}")
     return 0
