@@ -105,6 +105,56 @@ def test_eval_cli_errors(tmp_path):
     assert main(["eval", "--noisy", str(tmp_path / "noisy"), "--model", "none", "--no-dnsmos"]) == 2
 
 
+def _pairs(root, snrs_db):
+    """noisy/ + clean/ folders, one pair per input SNR."""
+    (root / "noisy").mkdir()
+    (root / "clean").mkdir()
+    rng = np.random.default_rng(5)
+    for i, snr in enumerate(snrs_db):
+        c = speech(2 * SR, i)
+        n = rng.standard_normal(len(c)).astype(np.float32)
+        n *= np.sqrt(np.sum(c.astype(np.float64) ** 2) / np.sum(n.astype(np.float64) ** 2) / 10 ** (snr / 10))
+        sf.write(root / "clean" / f"a{i}.wav", c, SR)
+        sf.write(root / "noisy" / f"a{i}.wav", c + n, SR)
+
+
+def test_eval_paired_differences_and_snr_bands(tmp_path, identity_model, capsys):
+    _pairs(tmp_path, [0.0, 1.0, 16.0])
+    tsv = tmp_path / "out.tsv"
+    rc = main(["eval", "--noisy", str(tmp_path / "noisy"), "--clean", str(tmp_path / "clean"), "--model", "none",
+               "--model", str(identity_model), "--no-dnsmos", "--by-snr", "--tsv", str(tsv)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "minus none" in out  # the paired table, against the first model
+    assert "input SNR < 4 dB: 2 files" in out and "input SNR >= 14 dB: 1 files" in out
+    rows = [r for r in csv.DictReader(open(tsv), delimiter="\t") if r["file"] != "MEAN"]
+    snr = {r["file"]: float(r["snr_in"]) for r in rows if r["model"] == "none"}
+    assert snr["a0.wav"] == pytest.approx(0.0, abs=0.01) and snr["a2.wav"] == pytest.approx(16.0, abs=0.01)
+
+
+def test_eval_by_snr_needs_clean_and_ref_must_be_a_model(tmp_path, identity_model):
+    _pairs(tmp_path, [5.0])
+    noisy = str(tmp_path / "noisy")
+    assert main(["eval", "--noisy", noisy, "--model", "none", "--no-dnsmos", "--by-snr"]) == 2
+    assert main(["eval", "--noisy", noisy, "--model", "none", "--no-dnsmos", "--ref", "other.onnx"]) == 2
+
+
+def test_evaluate_takes_any_enhance_function(tmp_path):
+    """Other enhancers (benchmarks/peers.py) are scored by the same code; a wrong length is refused."""
+    from voipfilter.evaluate.cli import evaluate, paired_table
+
+    _pairs(tmp_path, [5.0, 10.0])
+    rows = evaluate(tmp_path / "noisy", tmp_path / "clean", ["none", ("half", lambda x, sr: 0.5 * x)],
+                    use_dnsmos=False, progress=False)
+    by = {(r["model"], r["file"]): r for r in rows}
+    for f in ("a0.wav", "a1.wav"):  # SI-SDR is scale-invariant: halving changes nothing
+        assert by[("half", f)]["si_sdr"] == pytest.approx(by[("none", f)]["si_sdr"], abs=1e-6)
+    half = [line for line in paired_table(rows, "none").splitlines() if line.startswith("half")]
+    assert len(half) == 1 and half[0].split()[-3:] in (["+0.000", "±", "0.000"], ["-0.000", "±", "0.000"])
+    with pytest.raises(ValueError, match="returned 10 samples"):
+        evaluate(tmp_path / "noisy", None, [("short", lambda x, sr: x[:10])], use_dnsmos=False, progress=False)
+
+
 def test_dnsmos_offline():
     pytest.importorskip("speechmos")
     from voipfilter.evaluate.dnsmos import dnsmos, melspec_db
