@@ -379,10 +379,18 @@ class Call:
 
         @self.pc.on("iceconnectionstatechange")
         async def _on_ice_state() -> None:
-            # aioice closes ICE when the caller stops answering consent checks (RFC 7675,
-            # ~30 s): a vanished browser, reported before the connection state follows
+            # ICE ends both when the caller closes its connection and when aioice gives up on
+            # a caller that stopped answering consent checks (RFC 7675: six unanswered checks,
+            # ~30 s), with the same states. What tells them apart is the silence before: a
+            # vanished caller sent nothing for several consent intervals, a closing one was
+            # sending until it closed.
             if self.pc.iceConnectionState in ("failed", "closed") and self.connected_at is not None:
-                await self.caller_gone("caller_lost")
+                import aioice.ice
+
+                silent_s = time.monotonic() - max(self.connected_at, self.echo.last_frame_at or 0.0) \
+                    if self.echo is not None else 0.0
+                vanished = silent_s > 2 * aioice.ice.CONSENT_INTERVAL
+                await self.caller_gone("caller_lost" if vanished else "caller_closed")
 
         @self.pc.on("datachannel")
         def _on_channel(channel) -> None:
