@@ -19,10 +19,12 @@ from typing import Mapping
 
 import numpy as np
 
+from .stft import SYMMETRIC, WINDOW_KINDS, WindowPair, window_pair_from_metadata
+
 __all__ = ["Model", "ModelNotFoundError", "default_model_path", "FORMAT_VERSION", "WINDOW"]
 
 FORMAT_VERSION = "1"
-WINDOW = "sqrt_hann_periodic"
+WINDOW = SYMMETRIC  # the default framing; WINDOW_KINDS lists all that load
 DEFAULT_MODEL_NAME = "gtcrn-voipfilter.onnx"
 REQUIRED_KEYS = (
     "voipfilter.format",
@@ -57,7 +59,8 @@ def _no_default_model_message(path: Path) -> str:
 class Model:
     """A loaded streaming ONNX model.
 
-    Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window``,
+    Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window`` (the
+    kind), ``windows`` (the :class:`~voipfilter.stft.WindowPair`),
     ``state_names``, ``state_shapes`` (batch-1 shapes), ``state_batch_axes`` (the batch
     axis of each state: 0 in the contract), ``model_name``, ``model_card``,
     ``metadata`` (all metadata strings), ``session``.
@@ -140,8 +143,14 @@ class Model:
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_fft % 2 or self.n_fft % self.hop:
             raise self._bad(f"bad sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop={self.hop}")
         self.window = meta["window"]
-        if self.window != WINDOW:
-            raise self._bad(f"window {self.window!r} is not supported (only {WINDOW!r})")
+        try:
+            self.windows: WindowPair = window_pair_from_metadata(meta)
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.path}: cannot run this model: {exc}. Its STFT framing is one this voipfilter "
+                f"does not implement (known windows: {', '.join(WINDOW_KINDS)}); upgrade voipfilter "
+                "or re-export the model with a known window"
+            ) from None
         try:
             names = json.loads(meta["state_names"])
             shapes = json.loads(meta["state_shapes"])
@@ -202,8 +211,9 @@ class Model:
     # ------------------------------------------------------------------ running
     @property
     def delay_samples(self) -> int:
-        """Delay of a sample-level stream at the model's rate: n_fft - 1 (511 at 512/256)."""
-        return self.n_fft - 1
+        """Delay of a sample-level stream at the model's rate: synthesis window length - 1
+        (511 at sqrt-Hann 512/256, 255 for the asymmetric 512/256 pair at hop 128)."""
+        return self.windows.delay_samples
 
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero state for ``batch`` streams (each state's first dimension is the batch)."""

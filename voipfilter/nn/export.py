@@ -89,9 +89,7 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
     meta = {
         "voipfilter.format": FORMAT_VERSION,
         "sample_rate": str(cfg.sample_rate),
-        "n_fft": str(cfg.n_fft),
-        "hop": str(cfg.hop),
-        "window": "sqrt_hann_periodic",
+        **cfg.window_pair().metadata(),
         "state_names": json.dumps([s.name for s in specs]),
         "state_shapes": json.dumps([list(s.shape) for s in specs]),
         "model_name": model_name,
