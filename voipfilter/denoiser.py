@@ -218,7 +218,8 @@ class Denoiser:
     Parameters
     ----------
     model:
-        None (the shipped default model), a path to a streaming ONNX file, or a
+        None (the shipped default model), a shipped model's name (``"gtcrn-voipfilter"``,
+        see :func:`voipfilter.shipped_models`), a path to a streaming ONNX file, or a
         :class:`~voipfilter.model.Model` (share one across many Denoisers).
     sample_rate:
         Rate of the audio given to ``process``: 8000, 16000, 24000, 32000, 44100 or 48000.

@@ -21,7 +21,15 @@ import numpy as np
 
 from .stft import SYMMETRIC, WINDOW_KINDS, WindowPair, window_pair_from_metadata
 
-__all__ = ["Model", "ModelNotFoundError", "default_model_path", "FORMAT_VERSION", "WINDOW"]
+__all__ = [
+    "Model",
+    "ModelNotFoundError",
+    "default_model_path",
+    "resolve_model_path",
+    "shipped_models",
+    "FORMAT_VERSION",
+    "WINDOW",
+]
 
 FORMAT_VERSION = "1"
 WINDOW = SYMMETRIC  # the default framing; WINDOW_KINDS lists all that load
@@ -45,6 +53,44 @@ class ModelNotFoundError(FileNotFoundError):
 def default_model_path() -> Path:
     """Where the shipped default model lives: ``voipfilter/models/gtcrn-voipfilter.onnx``."""
     return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
+
+
+def shipped_models() -> dict[str, Path]:
+    """The models installed with voipfilter, by name (``voipfilter/models/NAME.onnx``; each
+    has its card ``NAME.md`` beside it)."""
+    folder = default_model_path().parent
+    return {p.stem: p for p in sorted(folder.glob("*.onnx"))} if folder.is_dir() else {}
+
+
+def _shipped_names() -> str:
+    names = list(shipped_models())
+    return ", ".join(names) if names else "none installed"
+
+
+def resolve_model_path(model: "str | os.PathLike | None") -> Path:
+    """The file a model argument means: None (the default model), the name of a shipped
+    model (``gtcrn-voipfilter``), or a path. An existing file wins over a shipped name.
+    ModelNotFoundError lists the shipped names."""
+    if model is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise ModelNotFoundError(_no_default_model_message(path))
+        return path
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_models()
+    if str(model) in shipped:
+        return shipped[str(model)]
+    if path.suffix.lower() != ".onnx" and path.parent == Path("."):
+        raise ModelNotFoundError(
+            f"no shipped model named {str(model)!r} and no such file; shipped models: {_shipped_names()} "
+            "(or pass the path of a streaming .onnx file)"
+        )
+    raise ModelNotFoundError(
+        f"model file not found: {model}: no such file (a model is a shipped model's name: "
+        f"{_shipped_names()}, or the path of a streaming .onnx file)"
+    )
 
 
 def _no_default_model_message(path: Path) -> str:
@@ -97,16 +143,11 @@ class Model:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: "str | os.PathLike | Model | None" = None, intra_op_num_threads: int = 1) -> "Model":
-        """A shared Model for ``path`` (None: the default model); cached per resolved path."""
+        """A shared Model for ``path``: None (the default model), a shipped model's name
+        (:func:`shipped_models`) or a file path; cached per resolved path."""
         if isinstance(path, Model):
             return path
-        if path is None:
-            path = default_model_path()
-            if not path.is_file():
-                raise ModelNotFoundError(_no_default_model_message(path))
-        resolved = Path(path).resolve()
-        if not resolved.is_file():
-            raise ModelNotFoundError(f"model file not found: {path}")
+        resolved = resolve_model_path(path).resolve()
         key = (str(resolved), int(intra_op_num_threads))
         with cls._cache_lock:
             model = cls._cache.get(key)
