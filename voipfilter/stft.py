@@ -192,15 +192,21 @@ def _pair(n_fft: int, hop: int, windows: WindowPair | None) -> WindowPair:
     return windows
 
 
-class StreamingAnalysis:
+class _Framed:
+    """A streaming STFT half on one framing: ``windows`` (given, or sqrt-Hann at
+    n_fft/hop), ``n_fft``, ``hop``, ``n_freq``."""
+
+    def __init__(self, n_fft: int, hop: int, windows: WindowPair | None):
+        self.windows = w = _pair(n_fft, hop, windows)
+        self.n_fft, self.hop, self.n_freq = w.n_fft, w.hop, w.n_freq
+
+
+class StreamingAnalysis(_Framed):
     """Hop in, one spectrum frame out: ``analyze(hop_samples) -> (1, F, 1, 2) float32``."""
 
     def __init__(self, n_fft: int = 512, hop: int = 256, windows: WindowPair | None = None):
-        w = _pair(n_fft, hop, windows)
-        self.windows = w
-        self.n_fft = w.n_fft
-        self.hop = w.hop
-        self.n_freq = w.n_freq
+        super().__init__(n_fft, hop, windows)
+        w = self.windows
         self.window = w.analysis
         self._oldest = w.n_fft - w.synthesis_length
         self._buf = np.zeros(w.n_fft, dtype=np.float32)
@@ -232,15 +238,12 @@ class StreamingAnalysis:
         return self._buf[self._oldest : self._oldest + self.hop]
 
 
-class StreamingSynthesis:
+class StreamingSynthesis(_Framed):
     """One spectrum frame in, hop samples out: ``synthesize(spec) -> (hop,) float32``."""
 
     def __init__(self, n_fft: int = 512, hop: int = 256, windows: WindowPair | None = None):
-        w = _pair(n_fft, hop, windows)
-        self.windows = w
-        self.n_fft = w.n_fft
-        self.hop = w.hop
-        self.n_freq = w.n_freq
+        super().__init__(n_fft, hop, windows)
+        w = self.windows
         self._start = w.n_fft - w.synthesis_length
         self.window = np.ascontiguousarray(w.synthesis[self._start :])
         self._ola = np.zeros(w.synthesis_length, dtype=np.float32)

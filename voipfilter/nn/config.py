@@ -11,8 +11,8 @@ class GTCRNConfig:
 
     The defaults are upstream's 16 kHz model: STFT 512/256 with a periodic sqrt-Hann
     window (``window``: a kind of :mod:`voipfilter.stft`; ``asymmetric_sqrt_hann`` with hop
-    128 is the low-delay framing, same 257 bins at half the delay), bins below ``n_low_bins`` kept as they are and the rest compressed to
-    ``n_erb_bands`` ERB bands.
+    128 is the low-delay framing, the same 257 bins at half the delay), bins below
+    ``n_low_bins`` kept as they are and the rest compressed to ``n_erb_bands`` ERB bands.
     """
 
     sample_rate: int = 16000

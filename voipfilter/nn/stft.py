@@ -23,11 +23,10 @@ def window(cfg: GTCRNConfig, device: torch.device | None = None) -> torch.Tensor
     return torch.hann_window(cfg.n_fft, periodic=True, device=device).sqrt()
 
 
-def _pair(cfg: GTCRNConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _pair(cfg: GTCRNConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(analysis, synthesis) windows of the config's framing as tensors."""
     pair = cfg.window_pair()
-    analysis = torch.from_numpy(pair.analysis).to(device)
-    synthesis = torch.from_numpy(pair.synthesis).to(device)
-    return analysis, synthesis, pair.synthesis_length
+    return torch.from_numpy(pair.analysis).to(device), torch.from_numpy(pair.synthesis).to(device)
 
 
 def stft(x: torch.Tensor, cfg: GTCRNConfig, pad_mode: str = "constant") -> torch.Tensor:
@@ -50,7 +49,7 @@ def stft(x: torch.Tensor, cfg: GTCRNConfig, pad_mode: str = "constant") -> torch
         return torch.view_as_real(spec)
     if pad_mode != "constant":
         raise ValueError(f"pad_mode {pad_mode!r} needs the {SYMMETRIC} framing")
-    analysis, _, _ = _pair(cfg, x.device)
+    analysis, _ = _pair(cfg, x.device)
     padded = F.pad(x, (cfg.n_fft - cfg.hop, cfg.hop))
     spec = torch.stft(padded, cfg.n_fft, cfg.hop, cfg.n_fft, analysis, center=False, return_complex=True)
     return torch.view_as_real(spec)
@@ -68,7 +67,7 @@ def istft(spec: torch.Tensor, cfg: GTCRNConfig, length: int | None = None) -> to
             center=True,
             length=length,
         )
-    analysis, synthesis, _ = _pair(cfg, spec.device)
+    analysis, synthesis = _pair(cfg, spec.device)
     n_fft, hop = cfg.n_fft, cfg.hop
     batch, _, n_frames, _ = spec.shape
     frames = torch.fft.irfft(torch.view_as_complex(spec.contiguous()), n=n_fft, dim=1)  # (B, K, T)
