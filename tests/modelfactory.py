@@ -6,6 +6,9 @@ state is carried from hop to hop (after k hops of one stream, every element of h
 ``bin_gains`` (one real gain per frequency bin) makes it a fixed mask instead: ``enh[f] =
 bin_gains[f] * spec[f]``, e.g. to pass or attenuate the top bins.
 
+``window`` picks the STFT framing written to the metadata (``sqrt_hann_periodic`` or
+``asymmetric_sqrt_hann``, e.g. ``n_fft=512, hop=128, window="asymmetric_sqrt_hann"``).
+
 ``fail=True`` gives a model that loads fine but raises inside ``InferenceSession.run`` on
 every hop; ``fail_after=N`` runs normally for N hops of a stream (state h < N) and raises
 from hop N on. Both are for testing that a failing model step loses no audio.
@@ -47,11 +50,14 @@ def make_identity_model(
     model_name: str = "identity",
     opset: int = 17,
     bin_gains=None,
+    window: str = "sqrt_hann_periodic",
 ) -> Path:
     """Write a contract-following identity model to ``path`` and return the path."""
     import numpy as np
     import onnx
     from onnx import TensorProto, helper, numpy_helper
+
+    from voipfilter.stft import window_pair
 
     path = Path(path)
     n_freq = n_fft // 2 + 1
@@ -107,9 +113,7 @@ def make_identity_model(
     meta = {
         "voipfilter.format": "1",
         "sample_rate": str(sample_rate),
-        "n_fft": str(n_fft),
-        "hop": str(hop),
-        "window": "sqrt_hann_periodic",
+        **window_pair(window, n_fft, hop).metadata(),
         "state_names": json.dumps([STATE_NAME]),
         "state_shapes": json.dumps([[-1, STATE_SIZE]]),  # -1 marks the batch axis
         "model_name": model_name,

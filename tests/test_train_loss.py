@@ -11,6 +11,7 @@ from voipfilter.nn.stft import istft, stft  # noqa: E402
 from voipfilter.train.loss import HybridLoss, si_snr_db  # noqa: E402
 
 CFG = GTCRNConfig()
+LOW_DELAY = GTCRNConfig(hop=128, window="asymmetric_sqrt_hann")
 SR = 16000
 
 
@@ -24,32 +25,34 @@ def speechlike(n: int, seed: int = 0, level: float = 0.1) -> torch.Tensor:
     return torch.from_numpy(level * x / np.abs(x).max()).float()
 
 
+@pytest.mark.parametrize("cfg", [CFG, LOW_DELAY], ids=["sqrt-hann-256", "low-delay-128"])
 @pytest.mark.parametrize("level", [0.001, 0.05, 0.5])
-def test_perfect_output_gives_exactly_zero(level):
+def test_perfect_output_gives_exactly_zero(level, cfg):
     x = torch.stack([speechlike(24000, s, level) for s in range(3)])
-    spec = stft(x, CFG)
-    loss = HybridLoss(CFG)
+    spec = stft(x, cfg)
+    loss = HybridLoss(cfg)
     parts = loss.parts(spec.clone(), spec, x.shape[-1])
     assert parts.total.item() == 0.0
     assert parts.complex.item() == 0.0 and parts.mag.item() == 0.0
 
 
-def test_loss_compares_frame_t_with_frame_t():
-    """A target one sample or one frame late/early makes an otherwise perfect output cost more."""
+@pytest.mark.parametrize("cfg", [CFG, LOW_DELAY], ids=["sqrt-hann-256", "low-delay-128"])
+def test_loss_compares_frame_t_with_frame_t(cfg):
+    """A target one sample or one hop late/early makes an otherwise perfect output cost more."""
     n = 32000
     x = speechlike(n + 600, 3)
     clean = x[300 : 300 + n][None]
-    enh = stft(clean, CFG)  # perfect for the aligned target
-    loss = HybridLoss(CFG)
-    base = loss(enh, stft(clean, CFG), n).item()
+    enh = stft(clean, cfg)  # perfect for the aligned target
+    loss = HybridLoss(cfg)
+    base = loss(enh, stft(clean, cfg), n).item()
     assert base == 0.0
-    for shift in (1, -1, CFG.hop, -CFG.hop):
+    for shift in (1, -1, cfg.hop, -cfg.hop):
         shifted = x[300 + shift : 300 + shift + n][None]
-        value = loss(enh, stft(shifted, CFG), n).item()
+        value = loss(enh, stft(shifted, cfg), n).item()
         assert value > 0.5, (shift, value)  # clearly worse than aligned
     # a one-frame shift of the enhanced spectrum itself (predicting t from t-1) also costs
     lagged = torch.cat([torch.zeros_like(enh[:, :, :1]), enh[:, :, :-1]], dim=2)
-    assert loss(lagged, stft(clean, CFG), n).item() > 1.0
+    assert loss(lagged, stft(clean, cfg), n).item() > 1.0
 
 
 def test_every_frame_counts_including_the_first():

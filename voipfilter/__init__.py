@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .denoiser import Denoiser, ModelStepError
 from .jitter import low_latency_audio
-from .model import Model, ModelNotFoundError, default_model_path
+from .model import Model, ModelNotFoundError, default_model_path, shipped_models
 
 __version__ = "0.1.0"
 
@@ -20,6 +20,7 @@ __all__ = [
     "NoiseSuppressionTrack",
     "default_model_path",
     "low_latency_audio",
+    "shipped_models",
     "__version__",
 ]
 

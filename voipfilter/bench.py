@@ -79,12 +79,18 @@ class _HopRunner:
         self.n_fft = int(meta.get("n_fft", 512))
         self.hop = int(meta.get("hop", 256))
         self.sample_rate = int(meta.get("sample_rate", 16000))
+        from .stft import window_pair, window_pair_from_metadata
+
+        try:
+            self.windows = window_pair_from_metadata(meta)
+        except ValueError:  # a file without our metadata (upstream's): sqrt-Hann at its hop
+            self.windows = window_pair(n_fft=self.n_fft, hop=self.hop)
 
     def time_hops(self, x: np.ndarray) -> tuple[float, float]:
         """(wall, CPU) seconds per hop over all whole hops of x."""
         from .stft import StreamingAnalysis, StreamingSynthesis
 
-        ana, syn = StreamingAnalysis(self.n_fft, self.hop), StreamingSynthesis(self.n_fft, self.hop)
+        ana, syn = StreamingAnalysis(windows=self.windows), StreamingSynthesis(windows=self.windows)
         hop = self.hop
         n_hops = len(x) // hop
         states = [np.zeros(s, np.float32) for s in self.state_shapes]
@@ -136,10 +142,10 @@ def bench(
     full_rate: int = 48000,
     frame_ms: float = 20.0,
 ) -> dict:
-    from .model import Model, default_model_path
+    from .model import Model, resolve_model_path
     from .resample import StreamingResampler
 
-    model_path = Path(model) if model is not None else default_model_path()
+    model_path = resolve_model_path(model)
     ours_model = Model.load(model_path, intra_op_num_threads=threads)
     ours = _HopRunner(ours_model.path, threads, f"ours ({ours_model.model_name})")
 
@@ -299,7 +305,8 @@ def format_table(res: dict) -> str:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="M.onnx", help="our streaming ONNX (default: the shipped model)")
+    parser.add_argument("--model", metavar="NAME|M.onnx",
+                        help="our streaming ONNX: a shipped model's name or a file (default: the shipped model)")
     parser.add_argument("--reference", metavar="PATH", default=None,
                         help=f"upstream streaming ONNX (default: {default_reference()}; skipped if absent)")
     parser.add_argument("--audio", metavar="WAV", default=None,

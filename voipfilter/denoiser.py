@@ -10,8 +10,10 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
   see :mod:`voipfilter.resample`), so the delay is constant and independent of chunking.
 * ``delay_samples`` (at R) is exact: with an identity model, ``y[n] == x[n - delay]`` at the
   model rate and with full-band output (to float rounding), and up to the resamplers' band
-  limit at 8 kHz and with ``fullband=False``. At 16 kHz it is n_fft - 1 = 511 samples; at
-  48 kHz 1631 (33.98 ms), with or without full-band output; see ``delay_samples``.
+  limit at 8 kHz and with ``fullband=False``. At 16 kHz it is the synthesis window's length
+  - 1: 511 samples for the sqrt-Hann 512/256 framing, 255 for the asymmetric 512/256 pair at
+  hop 128; at 48 kHz 1631 (33.98 ms) and 863 (17.98 ms), with or without full-band output;
+  see ``delay_samples``.
 * Output for a given input stream is bit-identical however it is chunked.
 * ``enabled = False`` outputs the delay-aligned input (the dry path); the model keeps
   running, so toggling never shifts audio and re-enabling is seamless. ``atten_lim_db``
@@ -117,7 +119,8 @@ class StreamCore:
     """The model-rate part: hop buffering, STFT, model step, overlap-add.
 
     ``process(x)`` takes any number of model-rate samples and returns hop * (number of
-    completed hops) samples whose content is the input delayed by ``n_fft - hop``.
+    completed hops) samples whose content is the input delayed by the block delay
+    (synthesis window length - hop: 256 at sqrt-Hann 512/256, 128 asymmetric 512/256 at 128).
 
     With ``highband`` (full-band output), each hop's gain is taken from its spectra and the
     output is ``enhanced - gain * input`` (same delay): what the up-resampler must add to
@@ -128,10 +131,10 @@ class StreamCore:
         self.model = model
         self.hop = model.hop
         self.n_fft = model.n_fft
-        self.block_delay = model.n_fft - model.hop
+        self.block_delay = model.windows.block_delay
         self.highband = highband
-        self._analysis = StreamingAnalysis(model.n_fft, model.hop)
-        self._synthesis = StreamingSynthesis(model.n_fft, model.hop)
+        self._analysis = StreamingAnalysis(windows=model.windows)
+        self._synthesis = StreamingSynthesis(windows=model.windows)
         self._pending = np.zeros(model.hop, dtype=np.float32)
         self._n_pending = 0
         self._run = model.session.run
@@ -197,8 +200,8 @@ class StreamCore:
                     first_error = err
             seg = self._synthesis.synthesize(enh)
             if self.highband is not None:
-                # The output hop is content [hop*(k+1) - n_fft, +hop): the oldest hop of
-                # the analysis buffer, i.e. the input delayed by block_delay.
+                # The output hop is the input delayed by block_delay: the analysis
+                # buffer's oldest_hop().
                 self.highband.update(spec, enh, err is None)
                 seg -= self.highband.ramp() * self._analysis.oldest_hop()
             out[k * hop : (k + 1) * hop] = seg
@@ -215,7 +218,8 @@ class Denoiser:
     Parameters
     ----------
     model:
-        None (the shipped default model), a path to a streaming ONNX file, or a
+        None (the shipped default model), a shipped model's name (``"gtcrn-voipfilter"``,
+        see :func:`voipfilter.shipped_models`), a path to a streaming ONNX file, or a
         :class:`~voipfilter.model.Model` (share one across many Denoisers).
     sample_rate:
         Rate of the audio given to ``process``: 8000, 16000, 24000, 32000, 44100 or 48000.

@@ -4,7 +4,7 @@
                                                  writes; overwritten if it exists)
     voipfilter enhance IN [IN ...] -o OUT_DIR   (one OUT_DIR/<stem>.wav per input)
     voipfilter enhance IN OUT.wav               (a last name that does not exist yet)
-    options: --model M.onnx, --keep-delay, --chunk-ms MS, -q
+    options: --model NAME|M.onnx, --keep-delay, --chunk-ms MS, -q
 
 Each file is streamed block by block (bounded memory) to a Denoiser at its own rate in
 chunks (20 ms by default, like a call), then ``delay_samples`` zeros flush the tail out. By
@@ -169,7 +169,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="audio files (wav, flac, ogg... at any rate; multichannel is downmixed)")
     parser.add_argument("-o", "--output", metavar="OUT",
                         help="output file (one input: OUT.wav, OUT.flac...) or folder (see below)")
-    parser.add_argument("--model", metavar="M.onnx", help="streaming ONNX model (default: the shipped model)")
+    parser.add_argument("--model", metavar="NAME|M.onnx",
+                        help="a shipped model's name (gtcrn-voipfilter) or a streaming ONNX file "
+                             "(default: the shipped gtcrn-voipfilter)")
     parser.add_argument("--keep-delay", action="store_true",
                         help="write what a live listener hears (delayed by the filter's delay) "
                              "instead of output aligned with the input")

@@ -19,10 +19,20 @@ from typing import Mapping
 
 import numpy as np
 
-__all__ = ["Model", "ModelNotFoundError", "default_model_path", "FORMAT_VERSION", "WINDOW"]
+from .stft import SYMMETRIC, WINDOW_KINDS, WindowPair, window_pair_from_metadata
+
+__all__ = [
+    "Model",
+    "ModelNotFoundError",
+    "default_model_path",
+    "resolve_model_path",
+    "shipped_models",
+    "FORMAT_VERSION",
+    "WINDOW",
+]
 
 FORMAT_VERSION = "1"
-WINDOW = "sqrt_hann_periodic"
+WINDOW = SYMMETRIC  # the default framing; WINDOW_KINDS lists all that load
 DEFAULT_MODEL_NAME = "gtcrn-voipfilter.onnx"
 REQUIRED_KEYS = (
     "voipfilter.format",
@@ -45,6 +55,44 @@ def default_model_path() -> Path:
     return Path(__file__).resolve().parent / "models" / DEFAULT_MODEL_NAME
 
 
+def shipped_models() -> dict[str, Path]:
+    """The models installed with voipfilter, by name (``voipfilter/models/NAME.onnx``; each
+    has its card ``NAME.md`` beside it)."""
+    folder = default_model_path().parent
+    return {p.stem: p for p in sorted(folder.glob("*.onnx"))} if folder.is_dir() else {}
+
+
+def _shipped_names() -> str:
+    names = list(shipped_models())
+    return ", ".join(names) if names else "none installed"
+
+
+def resolve_model_path(model: "str | os.PathLike | None") -> Path:
+    """The file a model argument means: None (the default model), the name of a shipped
+    model (``gtcrn-voipfilter``), or a path. An existing file wins over a shipped name.
+    ModelNotFoundError lists the shipped names."""
+    if model is None:
+        path = default_model_path()
+        if not path.is_file():
+            raise ModelNotFoundError(_no_default_model_message(path))
+        return path
+    path = Path(model).expanduser()
+    if path.is_file():
+        return path
+    shipped = shipped_models()
+    if str(model) in shipped:
+        return shipped[str(model)]
+    if path.suffix.lower() != ".onnx" and path.parent == Path("."):
+        raise ModelNotFoundError(
+            f"no shipped model named {str(model)!r} and no such file; shipped models: {_shipped_names()} "
+            "(or pass the path of a streaming .onnx file)"
+        )
+    raise ModelNotFoundError(
+        f"model file not found: {model}: no such file (a model is a shipped model's name: "
+        f"{_shipped_names()}, or the path of a streaming .onnx file)"
+    )
+
+
 def _no_default_model_message(path: Path) -> str:
     return (
         f"no default model: {path} does not exist (this install ships no trained model yet). "
@@ -57,7 +105,8 @@ def _no_default_model_message(path: Path) -> str:
 class Model:
     """A loaded streaming ONNX model.
 
-    Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window``,
+    Attributes: ``path``, ``sample_rate``, ``n_fft``, ``hop``, ``n_freq``, ``window`` (the
+    kind), ``windows`` (the :class:`~voipfilter.stft.WindowPair`),
     ``state_names``, ``state_shapes`` (batch-1 shapes), ``state_batch_axes`` (the batch
     axis of each state: 0 in the contract), ``model_name``, ``model_card``,
     ``metadata`` (all metadata strings), ``session``.
@@ -94,16 +143,11 @@ class Model:
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(cls, path: "str | os.PathLike | Model | None" = None, intra_op_num_threads: int = 1) -> "Model":
-        """A shared Model for ``path`` (None: the default model); cached per resolved path."""
+        """A shared Model for ``path``: None (the default model), a shipped model's name
+        (:func:`shipped_models`) or a file path; cached per resolved path."""
         if isinstance(path, Model):
             return path
-        if path is None:
-            path = default_model_path()
-            if not path.is_file():
-                raise ModelNotFoundError(_no_default_model_message(path))
-        resolved = Path(path).resolve()
-        if not resolved.is_file():
-            raise ModelNotFoundError(f"model file not found: {path}")
+        resolved = resolve_model_path(path).resolve()
         key = (str(resolved), int(intra_op_num_threads))
         with cls._cache_lock:
             model = cls._cache.get(key)
@@ -140,8 +184,14 @@ class Model:
         if self.sample_rate <= 0 or self.n_fft <= 0 or self.hop <= 0 or self.n_fft % 2 or self.n_fft % self.hop:
             raise self._bad(f"bad sample_rate={self.sample_rate}, n_fft={self.n_fft}, hop={self.hop}")
         self.window = meta["window"]
-        if self.window != WINDOW:
-            raise self._bad(f"window {self.window!r} is not supported (only {WINDOW!r})")
+        try:
+            self.windows: WindowPair = window_pair_from_metadata(meta)
+        except ValueError as exc:
+            raise ValueError(
+                f"{self.path}: cannot run this model: {exc}. Its STFT framing is one this voipfilter "
+                f"does not implement (known windows: {', '.join(WINDOW_KINDS)}); upgrade voipfilter "
+                "or re-export the model with a known window"
+            ) from None
         try:
             names = json.loads(meta["state_names"])
             shapes = json.loads(meta["state_shapes"])
@@ -202,8 +252,9 @@ class Model:
     # ------------------------------------------------------------------ running
     @property
     def delay_samples(self) -> int:
-        """Delay of a sample-level stream at the model's rate: n_fft - 1 (511 at 512/256)."""
-        return self.n_fft - 1
+        """Delay of a sample-level stream at the model's rate: synthesis window length - 1
+        (511 at sqrt-Hann 512/256, 255 for the asymmetric 512/256 pair at hop 128)."""
+        return self.windows.delay_samples
 
     def initial_state(self, batch: int = 1) -> dict[str, np.ndarray]:
         """Zero state for ``batch`` streams (each state's first dimension is the batch)."""

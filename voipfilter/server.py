@@ -165,18 +165,15 @@ def resolve_model(model_arg: str | os.PathLike | None):
     """Load the model the calls will share, or raise ConfigError with what to do."""
     from . import model as model_mod
 
-    if model_arg:
-        path = Path(model_arg).expanduser()
-        if not path.is_file():
-            raise ConfigError(f"--model {path}: no such file")
-    else:
-        path = Path(model_mod.default_model_path())
-        if not path.is_file():
-            raise ConfigError(
-                f"no model: the default model {path} is not there (this checkout ships "
-                "without it, or it was not trained yet). Pass --model PATH to a streaming "
-                "ONNX model (voipfilter export writes one), or set VOIPFILTER_MODEL."
-            )
+    try:
+        path = model_mod.resolve_model_path(model_arg or None)
+    except model_mod.ModelNotFoundError as exc:
+        if model_arg:
+            raise ConfigError(f"--model {model_arg}: {exc}") from None
+        raise ConfigError(
+            f"no model: {exc}. Pass --model NAME or PATH (a shipped model's name or a streaming "
+            "ONNX file; voipfilter export writes one), or set VOIPFILTER_MODEL."
+        ) from None
     try:
         return model_mod.Model.load(path)
     except Exception as exc:  # noqa: BLE001 - report any load failure to the operator
@@ -936,8 +933,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=int(_env("PORT", DEFAULT_PORT)),
                         help="HTTP port (default 8080; env VOIPFILTER_PORT)")
     parser.add_argument("--model", default=_env("MODEL"),
-                        help="streaming ONNX model (default: the shipped voipfilter/models/"
-                        "gtcrn-voipfilter.onnx; env VOIPFILTER_MODEL)")
+                        help="a shipped model's name (gtcrn-voipfilter) or the path of a streaming "
+                        "ONNX model (default: the shipped gtcrn-voipfilter; env VOIPFILTER_MODEL)")
     parser.add_argument("--web-dir", default=_env("WEB_DIR"),
                         help="folder with the page (default: web/ of the checkout; env VOIPFILTER_WEB_DIR)")
     parser.add_argument("--max-calls", type=int, default=int(_env("MAX_CALLS", DEFAULT_MAX_CALLS)),

@@ -220,7 +220,9 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         that converts to numpy), mono, stereo or more channels (averaged), any rate, any
         number of samples.
     model:
-        None (the shipped default model), a path, or a loaded :class:`voipfilter.model.Model`.
+        None (the shipped default model), a shipped model's name (``"gtcrn-voipfilter"``,
+        see :func:`voipfilter.shipped_models`), a path, or a loaded
+        :class:`voipfilter.model.Model`.
         Loaded once per process (``Model.load`` caches); each track has its own state.
     atten_lim_db:
         None (full suppression) or a limit in dB: the delay-aligned noisy signal is mixed

@@ -2,7 +2,7 @@
 
     voipfilter eval --noisy DIR [--clean DIR] [--model M.onnx ...] [--tsv OUT.tsv] [--by-snr]
 
-Each ``--model`` (repeatable) is a streaming ONNX file, ``default`` (the shipped model) or
+Each ``--model`` (repeatable) is a streaming ONNX file, a shipped model's name, ``default`` (the shipped model) or
 ``none`` (the unprocessed noisy input, so baselines are measured in the same run). A model
 enhances each file through :class:`voipfilter.Denoiser`, the run-time path itself, and
 its constant ``delay_samples`` is removed (the input is padded with that many zeros and
@@ -79,9 +79,9 @@ def _model_arg(spec: ModelSpec) -> tuple[str, Enhance | None]:
         return spec
     if spec == "none":
         return "none", None
-    from voipfilter.model import Model, default_model_path
+    from voipfilter.model import Model, default_model_path, resolve_model_path
 
-    path = default_model_path() if spec == "default" else Path(spec)
+    path = default_model_path() if spec == "default" else resolve_model_path(spec)
     model = Model.load(path)
     return (spec if spec != "default" else f"default ({path.name})"), lambda x, sr: enhance_aligned(x, sr, model)
 

@@ -30,20 +30,48 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def load_checkpoint(path: str | Path) -> tuple[GTCRN, GTCRNConfig, dict[str, Any]]:
+def ema_weights(ckpt: dict[str, Any], path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
+    """The trainer's moving average of the weights in a checkpoint (``ckpt["ema"]``, the
+    state_dict of a ``torch.optim.swa_utils.AveragedModel``: ``module.<name>`` entries and
+    ``n_averaged``) as a plain GTCRN state_dict, and a description of it."""
+    ema = ckpt.get("ema")
+    if not isinstance(ema, dict) or not any(k.startswith("module.") for k in ema):
+        raise ValueError(
+            f"{path}: no moving average of the weights ('ema') in this checkpoint; only a run's "
+            "checkpoints/last.pt keeps it, and only with optim.ema_decay set (best.pt and the "
+            "epoch snapshots of such a run hold the average as their weights already: export "
+            "them without --ema)"
+        )
+    weights = {k[len("module.") :]: v for k, v in ema.items() if k.startswith("module.")}
+    n = ema.get("n_averaged")
+    decay = ((ckpt.get("train_config") or {}).get("optim") or {}).get("ema_decay")
+    parts = ([f"decay {decay:g}"] if decay else []) + ([f"{int(n)} updates"] if n is not None else [])
+    return weights, "EMA" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def load_checkpoint(path: str | Path, ema: bool = False) -> tuple[GTCRN, GTCRNConfig, dict[str, Any]]:
     """Build the network a checkpoint describes and load its weights strictly (eval mode).
 
-    Returns (model, config, meta) where meta holds what the checkpoint says about itself.
+    ``ema=True`` loads the trainer's moving average of the weights instead of the raw ones
+    (ValueError if the checkpoint keeps none). Returns (model, config, meta) where meta
+    holds what the checkpoint says about itself; ``meta["weights"]`` says which weights
+    were loaded ("raw" unless the checkpoint's own meta says otherwise, e.g. best.pt of an
+    EMA run).
     """
     ckpt = read_checkpoint(path)
     cfg = GTCRNConfig.from_dict(ckpt["config"]) if "config" in ckpt else GTCRNConfig()
     model = GTCRN(cfg)
+    state = ckpt["model"]
+    meta = dict(ckpt.get("meta", {}))
+    if ema:
+        state, meta["weights"] = ema_weights(ckpt, path)
+    else:
+        meta.setdefault("weights", "raw")
     try:
-        model.load_state_dict(ckpt["model"], strict=True)
+        model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{path}: weights do not fit a GTCRN with {cfg}: {exc}") from exc
     model.eval()
-    meta = dict(ckpt.get("meta", {}))
     meta.setdefault("source", "voipfilter" if "config" in ckpt else "upstream GTCRN checkpoint")
     if "epoch" in ckpt:
         meta.setdefault("epoch", ckpt["epoch"])

@@ -89,9 +89,7 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
     meta = {
         "voipfilter.format": FORMAT_VERSION,
         "sample_rate": str(cfg.sample_rate),
-        "n_fft": str(cfg.n_fft),
-        "hop": str(cfg.hop),
-        "window": "sqrt_hann_periodic",
+        **cfg.window_pair().metadata(),
         "state_names": json.dumps([s.name for s in specs]),
         "state_shapes": json.dumps([list(s.shape) for s in specs]),
         "model_name": model_name,
@@ -112,7 +110,7 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
 
 def default_card(ckpt_path: Path, meta: dict[str, Any]) -> str:
     lines = [f"GTCRN streaming model exported from `{ckpt_path.name}`."]
-    for key in ("source", "epoch", "step", "training_data", "licence"):
+    for key in ("source", "epoch", "step", "weights", "training_data", "licence"):
         if key in meta:
             lines.append(f"- {key}: {meta[key]}")
     return "\n".join(lines)
@@ -123,16 +121,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, type=Path, help="where to write the .onnx file")
     parser.add_argument("--name", default=None, help="model name stored in the file (default: checkpoint stem)")
     parser.add_argument("--card", type=Path, default=None, help="markdown model card to embed")
+    parser.add_argument("--ema", action="store_true",
+                        help="export the trainer's moving average of the weights (the 'ema' a run's last.pt "
+                             "keeps with optim.ema_decay set) instead of the raw weights; the card and the "
+                             "metadata key 'weights' say which")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        model, _, meta = load_checkpoint(args.checkpoint)
+        model, _, meta = load_checkpoint(args.checkpoint, ema=args.ema)
     except (FileNotFoundError, ValueError) as exc:
         print(f"voipfilter export: {exc}")
         return 2
-    card = args.card.read_text() if args.card else default_card(args.checkpoint, meta)
-    out = export_onnx(model, args.output, model_name=args.name or args.checkpoint.stem, model_card=card)
+    weights = f"{meta['weights']} of `{args.checkpoint.name}`"
+    if args.card:
+        card = args.card.read_text().rstrip("\n") + f"\n\n**Exported weights:** {weights}.\n"
+    else:
+        card = default_card(args.checkpoint, meta)
+    out = export_onnx(model, args.output, model_name=args.name or args.checkpoint.stem, model_card=card,
+                      extra_metadata={"weights": meta["weights"]})
     n_nodes = len(onnx.load(str(out)).graph.node)
-    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {n_nodes} nodes)")
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {n_nodes} nodes; weights: {meta['weights']})")
     return 0

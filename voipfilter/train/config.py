@@ -56,6 +56,12 @@ class DataConfig:
     val_items: int = 48
     val_segment_seconds: float = 4.0
     val_seed: int = 20240
+    # Validation corpora held out as a whole (speakers / noise families the run never
+    # trains on): when given, the validation speech (noise) is every file under these
+    # folders, no file under them is trained on (even inside speech_dirs / noise_dirs), and
+    # val_fraction_speech (_noise) is not used.
+    val_speech_dirs: list[str] = field(default_factory=list)
+    val_noise_dirs: list[str] = field(default_factory=list)
     # A segment whose active speech is below this share of its length is redrawn.
     min_active_fraction: float = 0.3
     # Weight of each speech file when drawing: "file" (uniform over files) or "duration".
@@ -174,6 +180,13 @@ class TrainSection:
     threads: int = 2
     device: str = "auto"  # auto: cuda when torch sees one, else cpu
     best_metric: str = "pesq"  # pesq | stoi | si_sdr | loss
+    # A new run (not a resume) starts from these weights (a checkpoint path, relative to the
+    # working directory like run_dir); optimizer, schedule and step start afresh. The
+    # checkpoint's network must be this config's; its STFT framing (hop, window) may differ,
+    # which is how a model is fine-tuned on another framing. init_ema: take the checkpoint's
+    # moving average of the weights instead of its raw weights.
+    init_weights: str = ""
+    init_ema: bool = False
 
 
 @dataclass
@@ -231,7 +244,8 @@ def _resolve(p: str, base: Path) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
-PATH_KEYS = ("speech_dirs", "extra_speech_dirs", "noise_dirs", "pair_dirs", "speech_quality")  # [data] path lists
+PATH_KEYS = ("speech_dirs", "extra_speech_dirs", "noise_dirs", "pair_dirs", "speech_quality",
+             "val_speech_dirs", "val_noise_dirs")  # [data] path lists
 
 
 def resolve_paths(cfg: TrainConfig, base: Path) -> None:

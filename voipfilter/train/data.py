@@ -358,6 +358,23 @@ def _clean_targets(data: DataConfig, sp_tr: list[AudioFile], sp_val: list[AudioF
     return tr, val
 
 
+def _under(f: AudioFile, dirs: Sequence[str | Path]) -> bool:
+    path = Path(f.path).resolve()
+    return any(path.is_relative_to(Path(d).resolve()) for d in dirs)
+
+
+def held_out_split(files: list[AudioFile], val_dirs: Sequence[str], fraction: float, seed: int,
+                   sample_rate: int) -> tuple[list[AudioFile], list[AudioFile]]:
+    """(train, validation): every file under ``val_dirs`` for validation and none of them for
+    training when ``val_dirs`` is given, else a random share ``fraction`` by file."""
+    if not val_dirs:
+        return split_files(files, fraction, seed)
+    val = scan_audio(val_dirs, sample_rate)
+    if not val:
+        raise ValueError(f"no audio under the validation folders {list(val_dirs)}")
+    return [f for f in files if not _under(f, val_dirs)], val
+
+
 def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: str | Path | None = None,
                log_fn=print) -> DataBundle:
     """Scan folders, split by file, build the training dataset and the fixed validation mixes."""
@@ -369,12 +386,15 @@ def build_data(data: DataConfig, augment: AugmentConfig, seed: int, rir_cache: s
     if data.speech_dirs and data.noise_dirs:
         speech = scan_audio(data.speech_dirs, sr)
         noise = scan_audio(data.noise_dirs, sr)
-        sp_tr, sp_val = split_files(speech, data.val_fraction_speech, data.val_seed)
+        sp_tr, sp_val = held_out_split(speech, data.val_speech_dirs, data.val_fraction_speech, data.val_seed, sr)
         if data.extra_speech_dirs:
-            sp_tr = sp_tr + scan_audio(data.extra_speech_dirs, sr)
+            sp_tr = sp_tr + [f for f in scan_audio(data.extra_speech_dirs, sr) if not _under(f, data.val_speech_dirs)]
         if data.speech_quality:
             sp_tr, sp_val = _clean_targets(data, sp_tr, sp_val, log_fn)
-        no_tr, no_val = split_files(noise, data.val_fraction_noise, data.val_seed + 1)
+        no_tr, no_val = held_out_split(noise, data.val_noise_dirs, data.val_fraction_noise, data.val_seed + 1, sr)
+        if data.val_speech_dirs or data.val_noise_dirs:
+            log_fn(f"validation corpora held out as a whole: speech {data.val_speech_dirs or '(random share)'}, "
+                   f"noise {data.val_noise_dirs or '(random share)'}")
         n_st, n_sv, n_nt, n_nv = len(sp_tr), len(sp_val), len(no_tr), len(no_val)
         val_files = [f.path for f in sp_val + no_val]
         if augment.p_reverb > 0 and augment.rir_bank_size > 0:

@@ -3,8 +3,8 @@
 What one step does (the seed questions, answered by this code):
 
 * **In**: a batch of noisy waveforms (B, N) → :func:`voipfilter.nn.stft.stft`, the very
-  framing of the streaming path (frame k covers samples [hop·(k−1), hop·(k+1)), zeros before
-  the start) → (B, F, T, 2). **Out**: the enhanced spectrum (B, F, T, 2) (complex mask ×
+  framing of the streaming path (the config's window pair and hop; frame k covers samples
+  [hop·(k+1) − n_fft, hop·(k+1)), zeros before the start) → (B, F, T, 2). **Out**: the enhanced spectrum (B, F, T, 2) (complex mask ×
   noisy spectrum).
 * **Which frame is compared**: :class:`~voipfilter.train.loss.HybridLoss` scores enhanced
   frame t against clean frame t of the *same* STFT of the sample-aligned clean signal; no
@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from voipfilter.nn.checkpoint import read_checkpoint, save_model
+from voipfilter.nn.checkpoint import load_checkpoint, read_checkpoint, save_model
 from voipfilter.nn.config import GTCRNConfig
 from voipfilter.nn.gtcrn import GTCRN, count_parameters
 from voipfilter.nn.stft import istft, stft
@@ -280,6 +280,21 @@ class Trainer:
             log.info("batch size %d -> %d from step %d: items go on from data position %d",
                      old_batch, self.cfg.train.batch_size, self.step, position)
 
+    def init_from(self, path: str | Path, ema: bool = False) -> None:
+        """Start a new run from a checkpoint's weights (raw, or its moving average); the
+        STFT framing may differ from the checkpoint's (fine-tuning on another framing)."""
+        model, ckpt_cfg, meta = load_checkpoint(path, ema=ema)
+        same = {k: v for k, v in ckpt_cfg.to_dict().items() if k not in ("hop", "window")}
+        ours = {k: v for k, v in self.model_cfg.to_dict().items() if k not in ("hop", "window")}
+        if same != ours:
+            raise ValueError(f"train.init_weights {path}: its network {same} is not this config's {ours}")
+        self.model.load_state_dict(model.state_dict(), strict=True)
+        if self.ema is not None:
+            self.ema = self._new_ema()  # the average starts at the loaded weights
+        log.info("weights from %s (%s, step %s; its framing hop %d %s, this run's hop %d %s)", path,
+                 meta["weights"], meta.get("step", "?"), ckpt_cfg.hop, ckpt_cfg.window,
+                 self.model_cfg.hop, self.model_cfg.window)
+
     # -- logging
     def _setup_logging(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -423,6 +438,8 @@ class Trainer:
         else:
             log.info("new run in %s; model %d learnable parameters; device %s; %d threads", self.run_dir,
                      count_parameters(self.model), self.device, torch.get_num_threads())
+            if self.cfg.train.init_weights:
+                self.init_from(self.cfg.train.init_weights, self.cfg.train.init_ema)
         import yaml
 
         # the configuration in force now (changes on resume are in the log, see load())
