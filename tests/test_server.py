@@ -186,14 +186,16 @@ async def wait_for(pred, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-def best_lag(sent: np.ndarray, got: np.ndarray, max_lag: int) -> tuple[int, float]:
-    """Lag (samples) of ``got`` behind ``sent`` and the normalised correlation there."""
+def best_lag(sent: np.ndarray, got: np.ndarray, max_lag: int, at: int = 48000,
+             length: int = 96000) -> tuple[int, float]:
+    """Lag (samples) of ``got`` behind ``sent`` and the normalised correlation there, for
+    ``length`` samples of what was sent from ``at`` (default: 2 s from 1 s in)."""
     a = sent.astype(np.float64)
     b = got.astype(np.float64)
-    seg = a[48000 : 48000 + 96000]  # 2 s of what was sent, from 1 s in
+    seg = a[at : at + length]
     best = (0, -1.0)
     for lag in range(-48000, max_lag, 24):  # 0.5 ms steps
-        start = 48000 + lag
+        start = at + lag
         if start < 0 or start + len(seg) > len(b):
             continue
         w = b[start : start + len(seg)]
@@ -285,12 +287,15 @@ async def test_real_call_echoes_filtered_audio(identity_model, caplog):
             for line in answer["sdp"].splitlines():
                 if line.startswith("a=candidate:"):
                     assert line.split()[4] == "127.0.0.1", line  # loopback only
-            await wait_for(lambda: len(caller.received) >= 200, 20, "4 s of audio back")
+            await wait_for(lambda: len(caller.received) >= 250, 20, "5 s of audio back")
             await wait_for(lambda: any(m.get("type") == "stats" for m in caller.messages), 5, "stats on the channel")
 
-            # what comes back is the speech we sent (identity model), delayed
+            # what comes back is the speech we sent (identity model), delayed; on a loaded
+            # machine the track may drop frames (its backlog policy), which shifts the lag, so
+            # the best of three 1 s stretches is compared
             got = caller.audio()
-            lag, corr = best_lag(caller.sent, got, max_lag=24000)
+            lag, corr = max((best_lag(caller.sent, got, max_lag=24000, at=at, length=48000)
+                             for at in (48000, 96000, 144000)), key=lambda lc: lc[1])
             print(f"echo lag {lag / 48:.1f} ms, correlation {corr:.3f}")
             assert corr > 0.6, f"returned audio does not match what was sent (corr {corr:.2f})"
             assert np.sqrt(np.mean(got[-48000:].astype(np.float64) ** 2)) > 100
