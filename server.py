@@ -13,15 +13,15 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from voipfilter import server  # noqa: E402
+from voipfilter import serve  # noqa: E402
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="server.py", description="voipfilter demo call server")
-    server.configure(parser)
+    serve.configure(parser)
     if not os.environ.get("VOIPFILTER_WEB_DIR"):
         parser.set_defaults(web_dir=str(HERE / "web"))
-    return server.run(parser.parse_args(argv))
+    return serve.run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ or not, side by side.
 Each run is a fresh process (warm-up is once per process): the demo app on loopback with
 the shipped model, one real aiortc call (tests/test_server.py's caller: paced speech,
 loopback ICE), and the filter's processing time of each of the call's first 60 frames.
-``no-warm`` runs replace the server's start-up warm-up (voipfilter.track.prewarm) with
+``no-warm`` runs replace the server's start-up warm-up (voipfilter.pool.prewarm) with
 nothing: the track then warms the model in the background when the call is made, racing
 the call's first frame.
 
@@ -28,12 +28,13 @@ async def one_call(warm: bool) -> dict:
     sys.path.insert(0, str(REPO / "tests"))
     import test_server as ts
 
+    from voipfilter import pool
     from voipfilter import server as srv
-    from voipfilter import track
+    from voipfilter.server_config import ServerConfig
 
     if not warm:
-        track.prewarm = lambda model, rate=48000: None
-    cfg = srv.ServerConfig(web_dir=REPO / "web", model=None, loopback_only=True)
+        pool.prewarm = lambda model, rate=48000: None
+    cfg = ServerConfig(web_dir=REPO / "web", model=None, loopback_only=True)
     async with ts.running(cfg) as (app, client):
         caller = ts.Caller(4.0)
         try:

@@ -33,7 +33,12 @@ from conftest import REPO, _missing, require_module
 aiohttp = pytest.importorskip("aiohttp")
 from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
 
+from voipfilter import serve  # noqa: E402
 from voipfilter import server as srv  # noqa: E402
+from voipfilter.call import Call  # noqa: E402
+from voipfilter.server_config import (  # noqa: E402
+    APP_KEY_STATE, DEFAULT_MAX_CALLS, ConfigError, ServerConfig, resolve_model,
+)
 
 WEB = REPO / "web"
 pytestmark = pytest.mark.timeout(120)
@@ -50,16 +55,16 @@ def identity_model(tmp_path_factory) -> Path:
     return make_identity_model(tmp_path_factory.mktemp("models") / "identity.onnx")
 
 
-def make_config(identity_model: Path, **overrides) -> srv.ServerConfig:
+def make_config(identity_model: Path, **overrides) -> ServerConfig:
     kw = dict(web_dir=WEB, model=identity_model, loopback_only=True, connect_timeout_s=15.0)
     kw.update(overrides)
-    return srv.ServerConfig(**kw)
+    return ServerConfig(**kw)
 
 
 @contextlib.asynccontextmanager
-async def running(config: srv.ServerConfig):
+async def running(config: ServerConfig):
     """The app on a real loopback port, with an aiohttp client; yields (app, client)."""
-    app = srv.create_app(config, model=srv.resolve_model(config.model))
+    app = srv.create_app(config, model=resolve_model(config.model))
     server = TestServer(app, host="127.0.0.1")
     client = TestClient(server)
     await client.start_server()
@@ -235,7 +240,7 @@ async def test_page_and_assets_are_served(identity_model):
         assert r.status in (403, 404)
 
         health = await (await client.get("/health")).json()
-        assert health["status"] == "ok" and health["calls"] == 0 and health["max_calls"] == srv.DEFAULT_MAX_CALLS
+        assert health["status"] == "ok" and health["calls"] == 0 and health["max_calls"] == DEFAULT_MAX_CALLS
         cfg = await (await client.get("/config")).json()
         assert cfg["iceServers"] == []  # no STUN/TURN unless asked
 
@@ -258,19 +263,19 @@ def test_flags_and_environment(monkeypatch, identity_model):
     monkeypatch.setenv("VOIPFILTER_STUN", "stun:a.example:3478, stun:b.example:3478")
     monkeypatch.setenv("VOIPFILTER_MAX_CALLS", "7")
     parser = argparse.ArgumentParser()
-    srv.configure(parser)
+    serve.configure(parser)
     args = parser.parse_args(["--model", str(identity_model), "--web-dir", str(WEB)])
-    cfg = srv.build_config(args)
+    cfg = serve.build_config(args)
     assert cfg.host == "127.0.0.1" and cfg.port == 8080
     assert cfg.stun == ["stun:a.example:3478", "stun:b.example:3478"]
     assert cfg.max_calls == 7
     args = parser.parse_args(["--stun", "stun:c.example", "--web-dir", str(WEB), "--atten-lim-db", "12"])
-    cfg = srv.build_config(args)
+    cfg = serve.build_config(args)
     assert cfg.stun == ["stun:c.example"] and cfg.atten_lim_db == 12.0
-    with pytest.raises(srv.ConfigError):
-        srv.build_config(parser.parse_args(["--stun", "http://x", "--web-dir", str(WEB)]))
-    with pytest.raises(srv.ConfigError):
-        srv.build_config(parser.parse_args(["--web-dir", "/nonexistent"]))
+    with pytest.raises(ConfigError):
+        serve.build_config(parser.parse_args(["--stun", "http://x", "--web-dir", str(WEB)]))
+    with pytest.raises(ConfigError):
+        serve.build_config(parser.parse_args(["--web-dir", "/nonexistent"]))
 
 
 # --------------------------------------------------------------------------- calls
@@ -430,12 +435,12 @@ async def test_aiortc_jitter_buffer_flag_keeps_aiortcs_buffer(identity_model):
     from voipfilter.jitter import ReceiverJitterBuffer
 
     parser = argparse.ArgumentParser()
-    srv.configure(parser)
-    assert srv.build_config(parser.parse_args([])).aiortc_jitter_buffer is False
-    assert srv.build_config(parser.parse_args(["--aiortc-jitter-buffer"])).aiortc_jitter_buffer is True
+    serve.configure(parser)
+    assert serve.build_config(parser.parse_args([])).aiortc_jitter_buffer is False
+    assert serve.build_config(parser.parse_args(["--aiortc-jitter-buffer"])).aiortc_jitter_buffer is True
     for flag, kind in ((False, ReceiverJitterBuffer), (True, JitterBuffer)):
         async with running(make_config(identity_model, aiortc_jitter_buffer=flag)) as (app, _):
-            call = srv.Call(app, "x", None)
+            call = Call(app, "x", None)
             receiver = call.pc.addTransceiver("audio").receiver
             call.pc.emit("track", receiver.track)  # as setRemoteDescription does
             assert isinstance(getattr(receiver, "_RTCRtpReceiver__jitter_buffer"), kind)
@@ -488,7 +493,7 @@ async def test_unanswered_offer_times_out(identity_model):
 
 async def test_shutdown_closes_every_peer_connection(identity_model, caplog):
     caplog.set_level(logging.INFO, logger="voipfilter.server")
-    app = srv.create_app(make_config(identity_model), model=srv.resolve_model(identity_model))
+    app = srv.create_app(make_config(identity_model), model=resolve_model(identity_model))
     server = TestServer(app, host="127.0.0.1")
     client = TestClient(server)
     await client.start_server()
@@ -499,7 +504,7 @@ async def test_shutdown_closes_every_peer_connection(identity_model, caplog):
         calls = list(srv.calls_of(app).values())
         assert len(calls) == 2
         await wait_for(lambda: all(len(c.received) > 20 for c in callers), 10, "audio on both calls")
-        restriction = app[srv.APP_KEY_STATE]["ice_restore"]
+        restriction = app[APP_KEY_STATE]["ice_restore"]
         assert restriction.active  # --loopback-ice in force while serving
         await client.close()  # runs on_shutdown, then on_cleanup
         assert not restriction.active  # ... and lifted with the app
@@ -521,14 +526,14 @@ def test_no_model_is_a_clear_error(monkeypatch, tmp_path):
     from voipfilter import model as model_mod
 
     monkeypatch.setattr(model_mod, "default_model_path", lambda: tmp_path / "gtcrn-voipfilter.onnx")
-    with pytest.raises(srv.ConfigError, match="--model"):
-        srv.resolve_model(None)
-    with pytest.raises(srv.ConfigError, match="no such file"):
-        srv.resolve_model(tmp_path / "missing.onnx")
+    with pytest.raises(ConfigError, match="--model"):
+        resolve_model(None)
+    with pytest.raises(ConfigError, match="no such file"):
+        resolve_model(tmp_path / "missing.onnx")
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not onnx")
-    with pytest.raises(srv.ConfigError, match="cannot load"):
-        srv.resolve_model(bad)
+    with pytest.raises(ConfigError, match="cannot load"):
+        resolve_model(bad)
 
 
 def run_cli(args: list[str], env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -20,7 +20,9 @@ pytest.importorskip("aiohttp")
 
 from test_server import Caller, WEB, identity_model, make_config, run_cli, running, wait_for  # noqa: E402,F401
 
+from voipfilter import serve  # noqa: E402
 from voipfilter import server as srv  # noqa: E402
+from voipfilter.server_config import ConfigError  # noqa: E402
 from voipfilter.offer_limits import OfferLimits, OfferRejected, check_offer  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -353,16 +355,16 @@ def test_a_token_is_required_off_loopback(identity_model):
     import argparse
 
     parser = argparse.ArgumentParser()
-    srv.configure(parser)
+    serve.configure(parser)
     base = ["--model", str(identity_model), "--web-dir", str(WEB)]
-    with pytest.raises(srv.ConfigError, match="VOIPFILTER_TOKEN=SECRET"):
-        srv.build_config(parser.parse_args(base + ["--host", "0.0.0.0"]))
-    cfg = srv.build_config(parser.parse_args(base + ["--host", "0.0.0.0", "--token", "x" * 20,
+    with pytest.raises(ConfigError, match="VOIPFILTER_TOKEN=SECRET"):
+        serve.build_config(parser.parse_args(base + ["--host", "0.0.0.0"]))
+    cfg = serve.build_config(parser.parse_args(base + ["--host", "0.0.0.0", "--token", "x" * 20,
                                                      "--connect-timeout-s", "3"]))
     assert cfg.token == "x" * 20 and cfg.connect_timeout_s == 3.0
-    assert srv.build_config(parser.parse_args(base + ["--host", "localhost"])).token is None
-    with pytest.raises(srv.ConfigError, match="--allow-origin"):
-        srv.build_config(parser.parse_args(base + ["--allow-origin", "call.example.org/path"]))
+    assert serve.build_config(parser.parse_args(base + ["--host", "localhost"])).token is None
+    with pytest.raises(ConfigError, match="--allow-origin"):
+        serve.build_config(parser.parse_args(base + ["--allow-origin", "call.example.org/path"]))
     import sys
 
     r = run_cli([sys.executable, "server.py", "--host", "0.0.0.0", "--model", str(identity_model)],

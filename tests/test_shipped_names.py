@@ -79,7 +79,7 @@ def test_enhance_model_by_name(tmp_path, capsys):
 
 def test_serve_model_by_name():
     _require_shipped()
-    from voipfilter import server as srv
+    from voipfilter import server_config as srv
 
     assert srv.resolve_model(SHIPPED) is Model.load(None)
     with pytest.raises(srv.ConfigError, match=f"--model gtcrn-nope: no shipped model named.*{SHIPPED}"):

@@ -20,7 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("voipfilter.evaluate.cli", "score a model on noisy (and clean) folders (needs [eval])"),
     "asterisk-voices": ("voipfilter.train.asterisk_voices", "write the Debian Asterisk IVR voices as training speech"),
     "check-pairs": ("voipfilter.train.pairs", "check noisy/clean pair folders before training"),
-    "serve": ("voipfilter.server", "run the demo call server"),
+    "serve": ("voipfilter.serve", "run the demo call server"),
 }
 
 

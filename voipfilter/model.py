@@ -275,13 +275,6 @@ class Model:
         outs = self._run(self._output_names, feed)
         return outs[0], dict(zip(self.state_names, outs[1:]))
 
-    def step_list(self, spec: np.ndarray, states: list[np.ndarray]) -> list[np.ndarray]:
-        """Hot-path variant: states as a list in ``state_names`` order; returns
-        ``[enh, *new_states]`` (onnxruntime's output list, no dict building)."""
-        feed = dict(zip(self.state_names, states))
-        feed["spec"] = spec
-        return self._run(self._output_names, feed)
-
     def __repr__(self) -> str:
         return (
             f"Model({self.model_name!r}, path={str(self.path)!r}, sample_rate={self.sample_rate}, "

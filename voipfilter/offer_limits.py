@@ -12,7 +12,7 @@ connectivity checks sent to it. The server therefore
 - filters exactly one audio section (the first one the caller sends on) and answers every
   other audio or video section ``inactive``, so no decoder runs for it.
 
-:func:`check_offer` does the counting; :class:`voipfilter.server.Call` applies the result,
+:func:`check_offer` does the counting; :class:`voipfilter.call.Call` applies the result,
 and :func:`pin_audio_stream` keeps RTP sent on the other sections out of the filtered one.
 """
 from __future__ import annotations

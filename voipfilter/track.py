@@ -16,15 +16,12 @@ threading) are explained in docs/track.md; the short version is in the class doc
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import fractions
 import logging
 import math
-import os
-import threading
 import time
 from collections import deque
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -35,180 +32,22 @@ except ImportError as exc:  # pragma: no cover
 
 import av
 
+from .chain import RETRY_FIRST_S, RETRY_MAX_S, Chain, DenoiserLike
 from .denoiser import SUPPORTED_RATES, check_atten_lim_db
+from .frames import frame_to_mono, mono_to_frame
+from .pool import prewarm_in_background, shared_executor
 
 __all__ = ["NoiseSuppressionTrack", "SUPPORTED_RATES"]
 
 logger = logging.getLogger("voipfilter.track")
 
-DIP_MS = 5.0  # fade out / fade in around a splice (pts jump, dropped frames)
-DECLICK_MS = 5.0  # ramp that removes a step when the output path changes abruptly
-XFADE_MS = 20.0  # wet/dry crossfade (enabled, atten_lim_db, reset, error recovery)
-RETRY_FIRST_S = 1.0  # after a processing error, try the model again after this much audio
-RETRY_MAX_S = 30.0  # ... doubling up to this
 TIMING_WINDOW = 3000  # frames kept for the processing-time percentiles (1 min at 20 ms)
-
-_executor: concurrent.futures.ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _shared_executor() -> concurrent.futures.ThreadPoolExecutor:
-    """One small thread pool for every track in the process (onnxruntime releases the GIL
-    while it runs, so tracks use several cores; each track still runs one frame at a time)."""
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            workers = max(1, min(8, os.cpu_count() or 1))
-            _executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="voipfilter-track")
-        return _executor
-
-
-_prewarmed: set = set()
-
-
-def _prewarm(model: Any, rate: int) -> None:
-    """Build (and throw away) a Denoiser at ``rate``: the first one per rate measures its
-    resampler timing (~100-200 ms) and the first inference warms onnxruntime (~15 ms).
-    Done in the thread pool when a track is created, so the call's first frame is not late."""
-    try:
-        from .denoiser import Denoiser
-
-        den = Denoiser(model, sample_rate=rate)
-        for _ in range(5):  # 100 ms: several hops through the model, not only the first
-            den.process(np.zeros(rate // 50, np.float32))
-    except Exception:  # the track reports real errors when it meets them
-        pass
-
-
-def prewarm(model: Any, rate: int = 48000) -> None:
-    """Warm ``model`` at ``rate`` now, in this thread (a server calls it once at start-up).
-
-    Without it the first track's first frames race the background warm-up and one of them
-    can take ~100 ms (the resampler timing and onnxruntime's first runs)."""
-    key = (id(model), rate)
-    if key not in _prewarmed:
-        _prewarmed.add(key)
-        _prewarm(model, rate)
-
-
-class DenoiserLike(Protocol):
-    delay_samples: int
-
-    def process(self, x: np.ndarray) -> np.ndarray: ...
-
-    def reset(self) -> None: ...
-
-
-# ---------------------------------------------------------------------------------- frames
-_INT_SCALE = {np.dtype(np.int16): 32768.0, np.dtype(np.int32): 2147483648.0}
-
-
-def frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
-    """Any PyAV audio frame → mono float32 in [-1, 1] (channels averaged; NaN/inf → 0/±1)."""
-    n = frame.samples
-    if n == 0:
-        return np.zeros(0, np.float32)
-    channels = frame.layout.nb_channels
-    arr = frame.to_ndarray()
-    if not frame.format.is_planar:
-        arr = arr.reshape(n, channels).T
-    if arr.dtype in _INT_SCALE:
-        x = arr.astype(np.float32) * np.float32(1.0 / _INT_SCALE[arr.dtype])
-    elif arr.dtype == np.uint8:
-        x = (arr.astype(np.float32) - 128.0) * np.float32(1.0 / 128.0)
-    else:
-        x = arr.astype(np.float32, copy=False)
-        if not np.isfinite(x).all():
-            x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)
-        x = np.clip(x, -1.0, 1.0)
-    if channels == 1:
-        mono = x[0]
-    elif channels == 2:
-        mono = (x[0] + x[1]) * np.float32(0.5)
-    else:
-        mono = x.mean(axis=0, dtype=np.float32)
-    return np.ascontiguousarray(mono, dtype=np.float32)
-
-
-def mono_to_frame(y: np.ndarray, channels: int, like: av.AudioFrame) -> av.AudioFrame:
-    """float32 mono → s16 frame of ``channels`` (1 or 2, identical channels) with ``like``'s
-    sample rate, pts and time_base."""
-    y16 = np.clip(np.rint(y * 32768.0), -32768, 32767).astype(np.int16)
-    if channels == 2:
-        data = np.repeat(y16, 2)[None, :]
-        layout = "stereo"
-    else:
-        data = y16[None, :]
-        layout = "mono"
-    out = av.AudioFrame.from_ndarray(data, format="s16", layout=layout)
-    out.sample_rate = like.sample_rate
-    out.pts = like.pts
-    if like.time_base is not None:
-        out.time_base = like.time_base
-    return out
 
 
 def _db(power: float) -> float | None:
     return None if power <= 0.0 else 10.0 * math.log10(power)
 
 
-# ----------------------------------------------------------------------------------- chain
-class _Chain:
-    """The filter for one sample rate: a Denoiser, a dry delay line of exactly the same
-    delay, the wet/dry mixer and the envelopes that keep the output free of clicks.
-
-    Stream coordinates: sample k of the chain's input stream (pts gaps closed). The output of
-    a frame covering input [p, p+n) is the mix for input [p-D, p+n-D).
-    """
-
-    def __init__(self, rate: int, den: DenoiserLike | None, delay: int, *, fresh_start: bool):
-        self.rate = rate
-        self.den = den
-        self.delay = int(delay)
-        self.dry_hist = np.zeros(self.delay, np.float32)
-        self.pos = 0
-        self.w = 0.0  # current wet weight
-        self.den_active = den is not None
-        self.den_start = 0  # stream index from which the current denoiser state was fed
-        # At the very start of a chain wet and dry are both D samples of silence, so the wet
-        # path may be used at once; after a mid-stream restart it must warm up first.
-        self.start_ok = fresh_start
-        self.dips: list[int] = []
-        self.dip_len = max(1, round(rate * DIP_MS / 1000))
-        self.declick_len = max(1, round(rate * DECLICK_MS / 1000))
-        self.xfade_step = 1.0 / max(1.0, rate * XFADE_MS / 1000)
-        self.retry_at: int | None = None
-        self.retry_s = RETRY_FIRST_S
-        self.last_error_pos: int | None = None
-        self.failing = den is None  # fail-open: passing dry audio because of an error
-        self.den_failed = False  # the current model state failed; restart before reuse
-        self.reset_pending = False
-
-    def warm(self) -> bool:
-        return self.den_active and (self.start_ok or self.pos - self.den_start >= self.delay)
-
-    def restart_den(self) -> None:
-        """Fresh model state, fed from now on; used only once the output is dry (w == 0)."""
-        self.den.reset()
-        self.den_failed = False
-        self.den_active = True
-        self.den_start = self.pos
-        self.start_ok = False
-
-    def dip_gain(self, n: int) -> np.ndarray | None:
-        """Gain for the output samples of this frame (input coords [pos-D, pos-D+n))."""
-        q0 = self.pos - self.delay
-        self.dips = [a for a in self.dips if a + self.dip_len > q0]
-        if not self.dips:
-            return None
-        q = np.arange(q0, q0 + n, dtype=np.float64) + 0.5
-        g = np.ones(n, np.float64)
-        for a in self.dips:
-            g = np.minimum(g, np.clip(np.abs(q - a) / self.dip_len, 0.0, 1.0))
-        return g.astype(np.float32)
-
-
-# ----------------------------------------------------------------------------------- track
 class NoiseSuppressionTrack(MediaStreamTrack):
     """An audio track that yields ``source``'s audio with the noise suppressed.
 
@@ -273,10 +112,8 @@ class NoiseSuppressionTrack(MediaStreamTrack):
 
             self.model = Model.load(model)  # raises now (not mid-call) for a missing file
             self._factory: Callable[[int], DenoiserLike] = self._make_denoiser
-            key = (id(self.model), 48000)
-            if offload and key not in _prewarmed:
-                _prewarmed.add(key)
-                _shared_executor().submit(_prewarm, self.model, 48000)
+            if offload:
+                prewarm_in_background(self.model, 48000)
         else:
             self.model = model
             self._factory = denoiser_factory
@@ -288,7 +125,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
 
         self._recv_lock = asyncio.Lock()
         self._inflight: Optional[asyncio.Future] = None
-        self._chain: _Chain | None = None
+        self._chain: Chain | None = None
         self._out_channels: int | None = None
         self._prev_end: fractions.Fraction | None = None  # expected time of the next frame
         self._prev_fmt: tuple | None = None
@@ -421,7 +258,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                     continue
                 break
             if self.offload:
-                fut = loop.run_in_executor(_shared_executor(), self._process_safe, frame)
+                fut = loop.run_in_executor(shared_executor(), self._process_safe, frame)
                 self._inflight = fut
                 t_sync = time.perf_counter() - t0
                 out = await asyncio.shield(fut)
@@ -524,7 +361,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         else:
             logger.debug("noise suppression error (%s): %r", where, exc)
 
-    def _new_chain(self, rate: int, fresh_start: bool) -> _Chain:
+    def _new_chain(self, rate: int, fresh_start: bool) -> Chain:
         den = None
         delay = 0
         try:
@@ -535,7 +372,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
             den = None
             delay = 0
         self._delay_cache.setdefault(rate, delay)
-        return _Chain(rate, den, delay, fresh_start=fresh_start)
+        return Chain(rate, den, delay, fresh_start=fresh_start)
 
     def _process(self, frame: av.AudioFrame) -> av.AudioFrame:
         rate = int(frame.sample_rate)
@@ -591,7 +428,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         self._n_samples += n
         return mono_to_frame(y, self._out_channels, frame)
 
-    def _mix(self, chain: _Chain, x: np.ndarray) -> np.ndarray:
+    def _mix(self, chain: Chain, x: np.ndarray) -> np.ndarray:
         n = len(x)
         D = chain.delay
         # dry path, delayed exactly like the wet one
@@ -697,7 +534,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         chain.pos += n
         return y
 
-    def _schedule_retry(self, chain: _Chain) -> None:
+    def _schedule_retry(self, chain: Chain) -> None:
         """Back off: retry after 1 s of audio, doubling to 30 s while errors keep coming;
         an error more than a minute after the previous one starts again at 1 s."""
         if chain.last_error_pos is not None and chain.pos - chain.last_error_pos > 60 * chain.rate:

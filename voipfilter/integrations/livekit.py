@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
 
 import numpy as np
 
@@ -39,7 +38,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..denoiser import SUPPORTED_RATES, Denoiser, ModelStepError, check_atten_lim_db
 from ..model import Model
-from ..track import _prewarm, _prewarmed, _shared_executor
+from ..pool import prewarm_in_background
 
 __all__ = ["NoiseSuppression"]
 
@@ -85,10 +84,7 @@ class NoiseSuppression(rtc.FrameProcessor[rtc.AudioFrame]):
         self._errors = 0
         self._error_logged = False
         for rate in PREWARM_RATES:  # the first Denoiser per rate measures its resamplers
-            key = (id(self._model), rate)
-            if key not in _prewarmed:
-                _prewarmed.add(key)
-                _shared_executor().submit(_prewarm, self._model, rate)
+            prewarm_in_background(self._model, rate)
 
     # ------------------------------------------------------------------ knobs
     @property

@@ -40,7 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from ..denoiser import Denoiser, ModelStepError, check_atten_lim_db
 from ..model import Model
-from ..track import _shared_executor
+from ..pool import shared_executor
 
 __all__ = ["NoiseSuppressionFilter"]
 
@@ -205,7 +205,7 @@ class NoiseSuppressionFilter(BaseAudioFilter):
 
     # ------------------------------------------------------------------ internals
     async def _run(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(_shared_executor(), fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(shared_executor(), fn, *args)
 
     def _build(self, model: Model) -> Denoiser:
         den = Denoiser(model, self._sample_rate, atten_lim_db=self._atten_lim_db, enabled=self._enabled)
