@@ -7,10 +7,10 @@ download), starts a call from a fake microphone (a wav written here) or the page
 sample, waits for the call to settle, presses "Measure round trip" and reads the page's
 numbers (``window.voipfilterDemo``). Several calls, each with several paired marker runs.
 
-The server's receive buffer is compared in the same run: by default two servers run side
-by side, one with voipfilter's low-latency buffer (the default) and one with
-``--aiortc-jitter-buffer``, and each call on one is followed by a call on the other (the
-order alternates), so the two are measured in pairs under the same load.
+Server setups are compared in the same run (``--setups``): one server per setup, side by
+side, and each call on one is followed by a call on the next (the order alternates), so
+they are measured in pairs under the same load. By default the demo's defaults against
+``--aiortc-jitter-buffer``; ``ptime20`` runs aiortc's 20 ms Opus packets.
 
     python benchmarks/latency_browser.py --calls 3 --runs 5 --json runs/latency_browser.json
 
@@ -188,7 +188,14 @@ def _fmt(values: list[float | None]) -> str:
     return ", ".join("–" if v is None else f"{v:.1f}" for v in values)
 
 
-BUFFERS = {"voipfilter": (), "aiortc": ("--aiortc-jitter-buffer",)}
+# server setups a run compares in pairs: the demo's defaults (voipfilter's receive buffer, 10 ms
+# Opus packets), aiortc's receive buffer, aiortc's 20 ms packets
+SETUPS = {
+    "voipfilter": (),
+    "aiortc": ("--aiortc-jitter-buffer",),
+    "ptime20": ("--ptime-ms", "20"),
+    "aiortc-ptime20": ("--aiortc-jitter-buffer", "--ptime-ms", "20"),
+}
 
 
 def run_call(url: str, fake: Path, args: argparse.Namespace, query: str, screenshot: Path | None) -> dict:
@@ -249,12 +256,14 @@ def summarise(results: list[dict]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="streaming ONNX model (default: the shipped model)")
-    ap.add_argument("--calls", type=int, default=3, help="calls per server buffer, each a fresh page (default 3)")
+    ap.add_argument("--calls", type=int, default=3, help="calls per server setup, each a fresh page (default 3)")
     ap.add_argument("--runs", type=int, default=5, help="marker pairs per call (default 5)")
     ap.add_argument("--input", choices=["mic", "sample"], default="mic",
                     help="fake microphone (a wav of the sample) or the page's built-in sample")
-    ap.add_argument("--buffers", choices=["both", *BUFFERS], default="both",
-                    help="server receive buffer: voipfilter's, aiortc's, or both in pairs (default both)")
+    ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["voipfilter", "aiortc"],
+                    help="server setups, one server each, their calls alternating (default: voipfilter "
+                         "aiortc): voipfilter = the demo's defaults, aiortc = aiortc's receive buffer, "
+                         "ptime20 = 20 ms Opus packets, aiortc-ptime20 = both of aiortc's")
     ap.add_argument("--browser-jitter-target", default="0", metavar="MS|default",
                     help="what the page asks of RTCRtpReceiver.jitterBufferTarget (default 0; "
                          "'default' leaves Chromium's choice)")
@@ -262,13 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--screenshot", type=Path, help="save a screenshot of the last call's page")
     args = ap.parse_args(argv)
 
-    names = list(BUFFERS) if args.buffers == "both" else [args.buffers]
+    names = list(dict.fromkeys(args.setups))
     query = "" if args.browser_jitter_target == "0" else f"?jitterBufferTarget={args.browser_jitter_target}"
     results: dict[str, list[dict]] = {n: [] for n in names}
     with tempfile.TemporaryDirectory(prefix="voipfilter-latency-") as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         fake = write_voice_wav(tmp / "voice.wav", seconds=30.0 + 12.0 * args.runs)
-        urls = {n: stack.enter_context(server_process(args.model, tmp / f"server-{n}.log", extra_args=BUFFERS[n]))
+        urls = {n: stack.enter_context(server_process(args.model, tmp / f"server-{n}.log", extra_args=SETUPS[n]))
                 for n in names}
         for call in range(args.calls):
             order = names if call % 2 == 0 else names[::-1]  # alternate who goes first
@@ -279,23 +288,25 @@ def main(argv: list[str] | None = None) -> int:
                 results[name].append(r)
                 rt = r["roundTrip"]
                 lat = r["latency"]
-                print(f"call {call + 1} [{name} buffer]: off {_fmt(rt['off'])} | on {_fmt(rt['on'])} | "
+                print(f"call {call + 1} [{name}]: off {_fmt(rt['off'])} | on {_fmt(rt['on'])} | "
                       f"added (paired median) {_fmt([rt['addedMs']])} ms; server buffer "
                       f"{_fmt([lat.get('serverJitterBufferMs')])} ms, browser jitter buffer "
                       f"{_fmt([lat.get('browserJitterBufferMs')])} ms; markers not found {rt['failures']}", flush=True)
         server_logs = {n: (tmp / f"server-{n}.log").read_text().splitlines() for n in names}
 
-    summary: dict = {"buffers": {n: summarise(results[n]) for n in names},
+    summary: dict = {"setups": {n: summarise(results[n]) for n in names},
+                     "server_args": {n: list(SETUPS[n]) for n in names},
                      "browser_jitter_target": args.browser_jitter_target}
-    if len(names) == 2:
-        # paired by call: aiortc's buffer minus ours, each call's median against its partner's
-        def med(r: dict, key: str) -> float | None:
-            return statistics.median(r["roundTrip"][key]) if r["roundTrip"][key] else None
 
+    # paired by call: every other setup minus the first, each call's median against its partner's
+    def med(r: dict, key: str) -> float | None:
+        return statistics.median(r["roundTrip"][key]) if r["roundTrip"][key] else None
+
+    for other in names[1:]:
         for key in ("off", "on"):
-            d = [med(a, key) - med(v, key) for v, a in zip(results["voipfilter"], results["aiortc"])
+            d = [med(a, key) - med(v, key) for v, a in zip(results[names[0]], results[other])
                  if med(a, key) is not None and med(v, key) is not None]
-            summary[f"aiortc_minus_voipfilter_{key}_ms"] = {"per_call": d, "median": statistics.median(d) if d else None}
+            summary[f"{other}_minus_{names[0]}_{key}_ms"] = {"per_call": d, "median": statistics.median(d) if d else None}
     print(json.dumps(summary, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

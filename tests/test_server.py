@@ -292,7 +292,7 @@ async def test_real_call_echoes_filtered_audio(identity_model, caplog):
             for line in answer["sdp"].splitlines():
                 if line.startswith("a=candidate:"):
                     assert line.split()[4] == "127.0.0.1", line  # loopback only
-            await wait_for(lambda: len(caller.received) >= 250, 20, "5 s of audio back")
+            await wait_for(lambda: sum(map(len, caller.received)) >= 5 * 48000, 20, "5 s of audio back")
             await wait_for(lambda: any(m.get("type") == "stats" for m in caller.messages), 5, "stats on the channel")
 
             # what comes back is the speech we sent (identity model), delayed; on a loaded
@@ -427,6 +427,26 @@ async def test_other_api_errors_are_json(identity_model):
         assert r.status == 404 and (await r.json())["error"] == "not_found"
         r = await client.delete("/calls/nope")
         assert r.status == 404 and r.content_type == "application/json"
+
+
+@pytest.mark.parametrize("ptime", [10, 20])
+async def test_opus_packets_of_ptime_both_ways(identity_model, ptime):
+    """The answer asks the caller for ptime ms packets, and the server sends them: aiortc's
+    decoder gives one frame per packet, so the frames the caller receives show the size."""
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    assert serve.build_config(parser.parse_args([])).ptime_ms == 10
+    assert serve.build_config(parser.parse_args(["--ptime-ms", "20"])).ptime_ms == 20
+    async with running(make_config(identity_model, ptime_ms=ptime)) as (app, client):
+        caller = Caller(seconds=4.0)
+        try:
+            answer = await caller.call(client)
+            audio = answer["sdp"].split("m=audio", 1)[1].split("\r\nm=", 1)[0]
+            assert [l for l in audio.split("\r\n") if "ptime" in l] == [f"a=ptime:{ptime}"]
+            await wait_for(lambda: len(caller.received) >= 30, 10, "audio back")
+            assert {len(x) for x in caller.received[5:30]} == {48 * ptime}
+        finally:
+            await caller.close()
 
 
 async def test_aiortc_jitter_buffer_flag_keeps_aiortcs_buffer(identity_model):

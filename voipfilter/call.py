@@ -20,6 +20,7 @@ from aiohttp import web
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from .offer_limits import OfferShape, pin_audio_stream
+from .ptime import answer_with_ptime, send_opus_packets_of
 from .server_config import (
     AIORTC_JITTER_PREFETCH, APP_KEY_CALLS, APP_KEY_CONFIG, APP_KEY_ENDING, APP_KEY_STATE, ServerConfig,
 )
@@ -237,9 +238,11 @@ class Call:
             await asyncio.wait_for(self.pc.setLocalDescription(answer), timeout=15)
         except Exception as exc:  # noqa: BLE001
             raise ValueError(f"no answer could be made for the offer: {exc.__class__.__name__}: {exc}") from exc
+        # Opus packets of ptime_ms both ways: ours from the encoder, the caller's from a=ptime
+        send_opus_packets_of(self.pc, self.config.ptime_ms)
         self._tasks.append(asyncio.ensure_future(self._watch()))
         desc = self.pc.localDescription
-        return {"sdp": desc.sdp, "type": desc.type, "call_id": self.id}
+        return {"sdp": answer_with_ptime(desc.sdp, self.config.ptime_ms), "type": desc.type, "call_id": self.id}
 
     # ---- controls and stats
 

@@ -15,6 +15,7 @@ import sys
 from aiohttp import web
 
 from .access import AccessPolicy, is_loopback
+from .ptime import OPUS_PTIMES_MS
 from .server import create_app
 from .server_config import (
     DEFAULT_CONNECT_TIMEOUT_S,
@@ -26,6 +27,7 @@ from .server_config import (
     DEFAULT_MAX_CALLS_PER_CLIENT,
     DEFAULT_NO_MEDIA_TIMEOUT_S,
     DEFAULT_PORT,
+    DEFAULT_PTIME_MS,
     ConfigError,
     ServerConfig,
     find_web_dir,
@@ -129,6 +131,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aiortc-jitter-buffer", action="store_true", default=_env_bool("AIORTC_JITTER_BUFFER"),
                         help="receive with aiortc's own JitterBuffer (80 ms, stalls after a loss) instead of "
                              "voipfilter's low-latency one, for comparison (env VOIPFILTER_AIORTC_JITTER_BUFFER)")
+    parser.add_argument("--ptime-ms", type=int, choices=OPUS_PTIMES_MS,
+                        default=int(_env("PTIME_MS", str(DEFAULT_PTIME_MS))),
+                        help=f"Opus packet duration, both ways (default {DEFAULT_PTIME_MS}; aiortc's own is 20; "
+                             "env VOIPFILTER_PTIME_MS)")
 
 
 def _configure_guards(parser: argparse.ArgumentParser) -> None:
@@ -223,6 +229,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         atten_lim_db=args.atten_lim_db,
         max_call_s=args.max_call_seconds,
         aiortc_jitter_buffer=args.aiortc_jitter_buffer,
+        ptime_ms=args.ptime_ms,
         **_guard_config(args),
     )
 

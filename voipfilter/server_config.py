@@ -42,6 +42,9 @@ APP_KEY_ENDING = web.AppKey("voipfilter_ending", dict)
 APP_KEY_ACCESS = web.AppKey("voipfilter_access", AccessPolicy)
 
 
+DEFAULT_PTIME_MS = 10  # 10 ms Opus packets (voipfilter.ptime): a shorter round trip than aiortc's 20 ms
+
+
 @dataclass
 class ServerConfig:
     """Everything the app needs; ``voipfilter serve`` (voipfilter/serve.py) builds it from flags
@@ -63,6 +66,7 @@ class ServerConfig:
     max_call_s: float = DEFAULT_MAX_CALL_S
     stats_interval_s: float = STATS_INTERVAL_S
     aiortc_jitter_buffer: bool = False  # True: aiortc's own receive buffer (for comparison)
+    ptime_ms: int = DEFAULT_PTIME_MS  # Opus packet duration both ways (voipfilter.ptime)
     # who may call, and the limits that free slots (docs/server.md)
     no_media_timeout_s: float = DEFAULT_NO_MEDIA_TIMEOUT_S  # 0 = never
     max_calls_per_client: int = DEFAULT_MAX_CALLS_PER_CLIENT
