@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,17 @@ def test_page_calls_the_server_and_shows_where_the_latency_goes(browser_ready, i
         assert state["browser"]["jitterBufferTargetAskedMs"] == 0
         assert "the page asked 0 ms" in page.inner_text("#lat-browser-jb-src")
         assert num(page.inner_text("#lat-browser-jb")) >= 0
+        # which model the call runs, with its delay; 10 ms Opus packets both ways (the
+        # server's a=ptime:10: Chromium sends ~100 packets a second, not 50)
+        model = state["serverStats"]["model"]
+        assert model and page.inner_text("#st-model").startswith(f"{model}, ")
+        assert num(page.inner_text("#st-model").split(", ")[-1]) == pytest.approx(delay, abs=0.1)
+        assert page.inner_text("#st-ptime") == "10 ms, both ways"
+        t1, sent1 = time.monotonic(), lb.demo_state(page)["browser"]["packetsSent"]
+        time.sleep(2.5)  # the page polls getStats once a second
+        t2, sent2 = time.monotonic(), lb.demo_state(page)["browser"]["packetsSent"]
+        assert 75 < (sent2 - sent1) / (t2 - t1) < 125, (sent1, sent2, t2 - t1)
+
         # the round-trip table shows the last measurement
         for cell, value in (("#rtt-off", rt["offMedian"]), ("#rtt-on", rt["onMedian"]), ("#rtt-added", rt["addedMs"])):
             text = page.inner_text(cell)

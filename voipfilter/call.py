@@ -326,6 +326,7 @@ class Call:
             "duration_s": round(now - self.created, 3),
             "server_jitter_buffer_nominal_ms": AIORTC_JITTER_PREFETCH * 20 if self.config.aiortc_jitter_buffer else 0,
             "server_jitter_buffer_kind": "aiortc" if self.config.aiortc_jitter_buffer else "voipfilter",
+            "opus_ptime_ms": self.config.ptime_ms,
         }
         out.update(self._sample_jitter_buffer())
         jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
@@ -338,6 +339,7 @@ class Call:
             out["atten_lim_db"] = self.track.atten_lim_db
             out["bypass"] = bool(self.echo.bypass) if self.echo is not None else False
             out["delay_ms"] = self.track.delay_ms
+            out["model"] = getattr(self.track.model, "model_name", None)
             try:
                 out["filter"] = self.track.stats()
             except Exception as exc:  # noqa: BLE001 - stats must never end the call

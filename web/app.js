@@ -301,6 +301,10 @@
   }
 
   function renderServerStats(m) {
+    if (m && m.model) {
+      $('st-model').textContent = m.delay_ms == null ? m.model : `${m.model}, ${fmt(m.delay_ms, 1)} ms delay`;
+    }
+    if (m && m.opus_ptime_ms) $('st-ptime').textContent = `${m.opus_ptime_ms} ms, both ways`;
     const fin = filterField(m, 'frames_in');
     const fout = filterField(m, 'frames_out');
     $('st-frames').textContent = `${fin ?? '–'} / ${fout ?? '–'}`;
