@@ -92,6 +92,10 @@ def test_in_order_released_at_once_with_delay_zero():
     assert check_timeline(out, 200) == []
     s = jb.stats()
     assert s["hold_ms_max"] == 0 and s["depth_packets"] == 0 and s["lost"] == 0
+    # uniform 0-15 ms delays: RFC 3550 jitter estimates E|D| = 15/3 = 5 ms
+    assert 3.0 < s["arrival_jitter_ms"] < 7.5, s
+    jb, _ = replay(arrivals(stream(200)))
+    assert jb.stats()["arrival_jitter_ms"] < 1e-6  # on time, every packet
 
 
 def test_reordered_by_one_to_three_fills_the_gap_and_the_wait_adapts():

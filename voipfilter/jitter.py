@@ -172,6 +172,9 @@ class LowLatencyJitterBuffer:
         self.concealed_ms = 0.0
         self.gap_ms = 0.0
         self.hold_ms_max = 0.0
+        # RFC 3550 interarrival jitter (seconds): how unevenly the sender's packets arrive
+        self.arrival_jitter_s = 0.0
+        self._prev_transit: float | None = None
 
     # ---- state
 
@@ -204,6 +207,7 @@ class LowLatencyJitterBuffer:
             hold_ms_max=round(self.hold_ms_max, 1),
             concealed_ms=round(self.concealed_ms, 1),
             gap_ms=round(self.gap_ms, 1),
+            arrival_jitter_ms=round(1000.0 * self.arrival_jitter_s, 2),
         )
         return out
 
@@ -245,6 +249,7 @@ class LowLatencyJitterBuffer:
             self._held[self._next] = _Held(cand[1], cand[2], cand[3])
             self._highest += 1
             self._ts_ref = self._ts_ref + _signed(timestamp - self._ts_ref, TS_MOD)
+            self._prev_transit = None  # a new stream: its own timeline
             seq = self._highest
         else:
             self._drop_restart_candidate()
@@ -252,6 +257,10 @@ class LowLatencyJitterBuffer:
             self.counts["duplicates"] += 1
             return []
         ts = self._ts_ref + _signed(timestamp - self._ts_ref, TS_MOD)
+        transit = now - ts / self.clock_rate
+        if self._prev_transit is not None:
+            self.arrival_jitter_s += (abs(transit - self._prev_transit) - self.arrival_jitter_s) / 16.0
+        self._prev_transit = transit
         if seq > self._highest:
             self._highest, self._ts_ref = seq, ts
         elif seq < self._highest:  # out of order: how long it kept its gap open

@@ -335,6 +335,8 @@
         b.bytesReceived = s.bytesReceived; b.packetsReceived = s.packetsReceived;
         b.packetsLost = s.packetsLost;
         b.concealedSamples = s.concealedSamples; b.totalSamplesReceived = s.totalSamplesReceived;
+        b.concealmentEvents = s.concealmentEvents;
+        b.arrivalJitterMs = s.jitter != null ? 1000 * s.jitter : null; // RFC 3550 interarrival jitter
         if (prevInbound && s.jitterBufferEmittedCount > prevInbound.jitterBufferEmittedCount) {
           b.jitterBufferMs = (1000 * (s.jitterBufferDelay - prevInbound.jitterBufferDelay))
             / (s.jitterBufferEmittedCount - prevInbound.jitterBufferEmittedCount);
