@@ -424,3 +424,23 @@ def test_bench_runs_and_reports(identity_path, tmp_path, capsys):
     assert "band-limited (fullband=False)" in text
     assert res["full_path"]["band_limited"]["cpu_rtf"] > 0 and res["full_path"]["cpu_ratio_fullband_to_band_limited"] > 0
     assert main(["bench", "--model", str(identity_path), "--reference", str(tmp_path / "none.onnx")]) == 2
+
+
+def test_bench_times_several_models_in_one_run(identity_path, tmp_path, capsys):
+    """`voipfilter bench --model A --model B`: each timed, then compared per second of audio
+    (a low-delay model's hops are half as long)."""
+    import json
+
+    from modelfactory import make_identity_model
+    from voipfilter.cli import main
+
+    ll = make_identity_model(tmp_path / "ll.onnx", hop=128, window="asymmetric_sqrt_hann", model_name="identity-ll")
+    out = tmp_path / "bench.json"
+    rc = main(["bench", "--model", str(identity_path), "--model", str(ll), "--reference", str(identity_path),
+               "--seconds", "0.5", "--rounds", "1", "--json", str(out)])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "x first" in text and "identity-ll" in text
+    first, second = json.loads(out.read_text())["models"]
+    assert first["ours"]["hop_ms_audio"] == 16.0 and second["ours"]["hop_ms_audio"] == 8.0
+    assert second["full_path"]["delay_samples"] < first["full_path"]["delay_samples"]

@@ -304,9 +304,25 @@ def format_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(results: list[dict]) -> str:
+    """CPU per second of a call, each model against the first (hops of different length
+    compare by the real-time factor, not by ms per hop)."""
+    base = results[0]
+    lines = ["model                      ms/hop  hop ms  CPU RTF/hop  48 kHz path CPU RTF  x first"]
+    for r in results:
+        o, f = r["ours"], r["full_path"]
+        lines.append(
+            f"{o['label'][:26]:<26} {o['ms_per_hop']:6.3f}  {o['hop_ms_audio']:6.1f}  "
+            f"{o['cpu_ms_per_hop'] / o['hop_ms_audio']:11.4f}  {f['cpu_rtf']:19.4f}  "
+            f"{f['cpu_rtf'] / base['full_path']['cpu_rtf']:7.2f}"
+        )
+    return "\n".join(lines)
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", metavar="NAME|M.onnx",
-                        help="our streaming ONNX: a shipped model's name or a file (default: the shipped model)")
+    parser.add_argument("--model", metavar="NAME|M.onnx", action="append",
+                        help="our streaming ONNX: a shipped model's name or a file (default: the shipped "
+                        "model); repeat to time several in one run, each beside the reference")
     parser.add_argument("--reference", metavar="PATH", default=None,
                         help=f"upstream streaming ONNX (default: {default_reference()}; skipped if absent)")
     parser.add_argument("--audio", metavar="WAV", default=None,
@@ -329,18 +345,24 @@ def run(args) -> int:
     if args.audio and not audio.is_file():
         print(f"voipfilter bench: error: audio not found: {audio}", file=sys.stderr)
         return 2
-    try:
-        res = bench(model=args.model, reference=reference, audio=audio, seconds=args.seconds,
-                    rounds=args.rounds, threads=args.threads)
-    except (ModelNotFoundError, ValueError) as exc:
-        print(f"voipfilter bench: error: {exc}", file=sys.stderr)
-        return 2
-    if res["reference"] is None:
+    results = []
+    for model in args.model or [None]:
+        try:
+            res = bench(model=model, reference=reference, audio=audio, seconds=args.seconds,
+                        rounds=args.rounds, threads=args.threads)
+        except (ModelNotFoundError, ValueError) as exc:
+            print(f"voipfilter bench: error: {exc}", file=sys.stderr)
+            return 2
+        results.append(res)
+        if args.json != "-":
+            print(format_table(res) + ("\n" if len(args.model or []) > 1 else ""), flush=True)
+    if results[0]["reference"] is None:
         print(f"(upstream reference not found at {reference}; its row is skipped)", file=sys.stderr)
+    if len(results) > 1 and args.json != "-":
+        print(format_comparison(results))
+    out = results[0] if len(results) == 1 else {"models": results}
     if args.json == "-":
-        print(json.dumps(res, indent=2))
-    else:
-        print(format_table(res))
-        if args.json:
-            Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(out, indent=2))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     return 0
