@@ -134,7 +134,8 @@ def test_onnx_graph_is_lean_and_self_describing(our_onnx: Path) -> None:
 
 def test_onnx_equals_torch_streaming(our_onnx: Path, demo_frames, torch_streamed) -> None:
     ours = _run_ours(our_onnx, demo_frames.numpy())
-    assert np.abs(ours - torch_streamed).max() <= 1e-5
+    # float32 graphs: 1e-5 absolute below magnitude 1, relative above (bins reach ~10)
+    assert (np.abs(ours - torch_streamed) / np.maximum(np.abs(torch_streamed), 1.0)).max() <= 1e-5
 
 
 def test_onnx_equals_upstream_streaming_onnx(our_onnx: Path, demo_frames, reference_dir: Path, upstream_model) -> None:
