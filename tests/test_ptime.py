@@ -71,7 +71,7 @@ def test_encoder_makes_packets_of_ptime(ptime):
     assert sum(f.samples for p in packets for f in decoded.decode(av.Packet(p))) == len(packets) * 48 * ptime
 
 
-def test_sender_slot_is_where_aiortc_looks():
+async def test_sender_slot_is_where_aiortc_looks():
     """Fails if an aiortc upgrade moves the encoder slot this module fills (and so would stop
     sending our packets without notice)."""
     import inspect

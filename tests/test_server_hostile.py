@@ -76,7 +76,7 @@ async def test_hangup_is_one_event_whatever_the_order(identity_model, caplog, or
         try:
             body = await caller.call(client)
             call = srv.calls_of(app)[body["call_id"]]
-            await wait_for(lambda: len(caller.received) > 10, 15, "audio came back")
+            await wait_for(lambda: sum(map(len, caller.received)) > 10 * 960, 15, "audio came back")
             if order == "close_then_delete":
                 await caller.close()
                 await wait_for(lambda: call.closed, 15, "the server saw the connection close")
@@ -117,7 +117,7 @@ async def test_a_vanished_caller_is_not_a_hangup(identity_model, caplog, monkeyp
         caller = Caller(10.0)
         try:
             await caller.call(client)
-            await wait_for(lambda: len(caller.received) > 10, 15, "audio came back")
+            await wait_for(lambda: sum(map(len, caller.received)) > 10 * 960, 15, "audio came back")
             for transport in caller.pc._RTCPeerConnection__iceTransports:  # the caller goes silent
                 for protocol in transport._connection._protocols:
                     protocol.transport.sendto = lambda *a, **k: None
@@ -180,7 +180,7 @@ async def test_ended_calls_release_native_threads_and_sockets_at_once(identity_m
         callers = [Caller(3.0), Caller(3.0)]
         try:
             bodies = [await c.call(client) for c in callers]
-            await wait_for(lambda: all(len(c.received) > 10 for c in callers), 15, "audio on both calls")
+            await wait_for(lambda: all(sum(map(len, c.received)) > 10 * 960 for c in callers), 15, "audio on both calls")
             if warm:
                 assert native_threads() > base_threads  # the calls' filters hold some
             for body in bodies:
