@@ -4,9 +4,8 @@ A packet cannot leave before its last sample exists, so each direction of a call
 packet duration of waiting, and the far end's jitter buffer works in whole packets. aiortc
 encodes 20 ms Opus frames (its ``OpusEncoder`` cuts 960-sample frames; libopus's default
 ``frame_duration`` is 20 ms) and writes no ``a=ptime`` in its SDP, so a browser calling it
-sends 20 ms packets too. With 10 ms packets the round trip of an echo call is shorter by
-about 10 ms per direction (docs/latency.md), at a higher packet rate (100 instead of 50
-packets per second, ~12 kbit/s more RTP/UDP/IP header overhead each way).
+sends 20 ms packets too. 10 ms packets shorten that wait, at twice the packet rate (100
+instead of 50 packets a second, each with its own IP/UDP/RTP/SRTP headers).
 
 - :func:`answer_with_ptime` writes ``a=ptime:N`` into the audio sections of an SDP (an answer
   the server sends): Chromium's and Firefox's Opus encoders follow the remote description's
