@@ -63,11 +63,15 @@ def simplify_graph(proto: onnx.ModelProto) -> None:
 
 
 def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", model_card: str = "",
-                extra_metadata: dict[str, Any] | None = None) -> Path:
-    """Write the streaming form of ``model`` to ``path`` and return the path."""
+                extra_metadata: dict[str, Any] | None = None, fast: bool = True) -> Path:
+    """Write the streaming form of ``model`` to ``path`` and return the path.
+
+    ``fast=False`` writes the previous graph form (``StreamingGTCRN(fast=False)``): the same
+    function with the same inputs, outputs and metadata, slower in onnxruntime.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stream = StreamingGTCRN.from_model(model)
+    stream = StreamingGTCRN.from_model(model, fast)
     cfg = stream.cfg
     specs = stream.state_specs()
     names_in = ["spec"] + [s.name for s in specs]
@@ -125,6 +129,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="export the trainer's moving average of the weights (the 'ema' a run's last.pt "
                              "keeps with optim.ema_decay set) instead of the raw weights; the card and the "
                              "metadata key 'weights' say which")
+    parser.add_argument("--previous-graph", action="store_true",
+                        help="write the previous, slower graph form of the same function (to compare against)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         card = default_card(args.checkpoint, meta)
     out = export_onnx(model, args.output, model_name=args.name or args.checkpoint.stem, model_card=card,
-                      extra_metadata={"weights": meta["weights"]})
+                      extra_metadata={"weights": meta["weights"]}, fast=not args.previous_graph)
     n_nodes = len(onnx.load(str(out)).graph.node)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {n_nodes} nodes; weights: {meta['weights']})")
     return 0

@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""The streaming graph alone: µs per call-hop of ONNX files at several batch sizes.
+
+Each file runs in its own onnxruntime session, set up as ``voipfilter.Model`` sets its
+sessions up (one intra-op thread unless ``--threads``, sequential, ORT_ENABLE_ALL, no
+spinning). The state is carried from hop to hop, as a stream does. The files take turns
+round by round, and each file's best round is reported, so a background burst touches
+every file alike. Two times per call-hop: wall clock, and the CPU time of the thread that
+runs the session (``time.thread_time``; with one intra-op thread onnxruntime computes in the
+calling thread), which a busy machine inflates far less. ``--level`` also times other graph
+optimization levels.
+
+    python benchmarks/graph.py                # old (the shipped file at git main) vs the shipped file
+    python benchmarks/graph.py A.onnx B.onnx --batch 1 8 64
+    python benchmarks/graph.py --level all extended basic
+
+Without files, "old" is ``git show main:voipfilter/models/gtcrn-voipfilter.onnx`` (falling
+back to ``voipfilter export --previous-graph`` of the shipped checkpoint when git has no
+such file) and "new" is the working tree's shipped model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED = "voipfilter/models/gtcrn-voipfilter.onnx"
+LEVELS = {
+    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+}
+
+
+def session(path: Path, level: str, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = LEVELS[level]
+    if threads == 1:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+class Stream:
+    """One session fed its own outputs as the next hop's state, on fixed random frames."""
+
+    def __init__(self, path: Path, level: str, threads: int, batch: int):
+        self.sess = session(path, level, threads)
+        meta = self.sess.get_modelmeta().custom_metadata_map
+        names, shapes = json.loads(meta["state_names"]), json.loads(meta["state_shapes"])
+        n_freqs = int(meta["n_fft"]) // 2 + 1
+        rng = np.random.default_rng(0)
+        self.frames = [(0.3 * rng.standard_normal((batch, n_freqs, 1, 2))).astype(np.float32) for _ in range(16)]
+        self.feed = {n: np.zeros([batch if d == -1 else d for d in s], np.float32) for n, s in zip(names, shapes)}
+        self.outputs = ["enh"] + [f"{n}_out" for n in names]
+        self.names = names
+        self.batch = batch
+
+    def hops(self, n: int) -> tuple[float, float]:
+        """Run n hops; return (wall, this thread's CPU) µs per call-hop."""
+        run, feed, frames, outputs, names = self.sess.run, self.feed, self.frames, self.outputs, self.names
+        t0, c0 = time.perf_counter(), time.thread_time()
+        for i in range(n):
+            feed["spec"] = frames[i % 16]
+            res = run(outputs, feed)
+            feed.update(zip(names, res[1:]))
+        scale = 1e6 / n / self.batch
+        return (time.perf_counter() - t0) * scale, (time.thread_time() - c0) * scale
+
+
+def default_files(tmp: Path) -> list[tuple[str, Path]]:
+    old = tmp / "old.onnx"
+    shown = subprocess.run(["git", "-C", str(REPO), "show", f"main:{SHIPPED}"], capture_output=True)
+    if shown.returncode == 0:
+        old.write_bytes(shown.stdout)
+    else:
+        subprocess.run([sys.executable, "-m", "voipfilter.cli", "export", "--previous-graph", "--checkpoint",
+                        str(REPO / "runs/gtcrn-v7/checkpoints/last.pt"), "-o", str(old)], check=True, cwd=REPO)
+    return [("old", old), ("new", REPO / SHIPPED)]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("files", nargs="*", type=Path, help="ONNX files (default: old vs new shipped model)")
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
+    ap.add_argument("--level", nargs="+", default=["all"], choices=sorted(LEVELS))
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session")
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--hops", type=float, default=0.4, help="seconds of running per file and round (about)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        files = [(p.stem, p) for p in args.files] if args.files else default_files(Path(d))
+        print(f"onnxruntime {ort.__version__}, intra_op threads {args.threads}; µs per call-hop, best of {args.rounds} rounds")
+        print("batch  level     time " + "".join(f"{name:>12s}" for name, _ in files))
+        for batch in args.batch:
+            for level in args.level:
+                streams = [Stream(p, level, args.threads, batch) for _, p in files]
+                n = [max(5, int(args.hops * 1e6 / (s.hops(10)[0] * batch))) for s in streams]  # warm-up, then size
+                wall = [float("inf")] * len(streams)
+                cpu = [float("inf")] * len(streams)
+                for _ in range(args.rounds):
+                    for i, s in enumerate(streams):
+                        w, c = s.hops(n[i])
+                        wall[i], cpu[i] = min(wall[i], w), min(cpu[i], c)
+                for what, best in (("wall", wall), ("cpu", cpu)):
+                    print(f"{batch:5d}  {level:9s} {what:4s} " + "".join(f"{b:12.1f}" for b in best), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
