@@ -62,6 +62,22 @@ def simplify_graph(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
 
 
+def declare_output_shapes(proto: onnx.ModelProto, n_freqs: int, state_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every output the contract's shape: ``enh`` (batch, F, 1, 2), ``<state>_out`` the
+    state's shape, batch axes named "batch" (the exporter leaves its own dim names there,
+    which vary with the graph's last node)."""
+    shapes = {"enh": (-1, n_freqs, 1, 2), **{f"{k}_out": v for k, v in state_shapes.items()}}
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dim = dims.add()
+            if d == -1:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = d
+
+
 def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", model_card: str = "",
                 extra_metadata: dict[str, Any] | None = None, fast: bool = True) -> Path:
     """Write the streaming form of ``model`` to ``path`` and return the path.
@@ -90,6 +106,7 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
         )
     proto = onnx.load(str(tmp))
     simplify_graph(proto)
+    declare_output_shapes(proto, cfg.n_freqs, {s.name: s.shape for s in specs})
     meta = {
         "voipfilter.format": FORMAT_VERSION,
         "sample_rate": str(cfg.sample_rate),

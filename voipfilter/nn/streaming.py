@@ -18,8 +18,14 @@ graph has few nodes (onnxruntime's cost at this size is mostly per node):
 profiler showed (docs/benchmarks.md, "Graph form"); every change is exact algebra:
 
 - a PReLU with one slope is a LeakyRelu, which onnxruntime fuses into the Conv before it;
-- the GRUs that run one step (inter-frame GRU of DPGRNN) are MatMul/Sigmoid/Tanh nodes on
-  the (B, F, C) tensor itself, no reshape to a (1, B*F, C) sequence;
+- the one-step GRU of each DPGRNN (across frames) is MatMul/Sigmoid/Tanh nodes on the
+  (B, F, C) tensor itself, not a GRU node on a (1, B*F, C) sequence (onnxruntime's GRU
+  kernel is slow for many short rows); the TRA GRUs (batch B) stay GRU nodes;
+- the grouped (2 groups) encoder conv is the dense conv with zeros between the groups,
+  which onnxruntime runs in its blocked (NCHWc) layout like the other convs;
+- the complex mask is applied as re/im products of (B, F, 1, 1) tensors: no transpose of
+  the mask and no broadcast over the length-2 [re, im] axis (a slow broadcast in
+  onnxruntime).
 
 ``fast=False`` builds the previous graph (kept to compare and benchmark against).
 """
@@ -72,6 +78,17 @@ def _act(x: torch.Tensor, slope: torch.Tensor, fast: bool) -> torch.Tensor:
     if fast and slope.numel() == 1:
         return F.leaky_relu(x, float(slope.reshape(()).item()))
     return F.prelu(x, slope)
+
+
+def _ungrouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped Conv2d weight (C_out, C_in/g, kT, kF) as the equal dense conv's
+    (C_out, C_in, kT, kF): block diagonal, zeros between the groups."""
+    rows, cols = weight.shape[:2]
+    dense = weight.new_zeros((rows, cols * groups, *weight.shape[2:]))
+    per = rows // groups
+    for g in range(groups):
+        dense[g * per : (g + 1) * per, g * cols : (g + 1) * cols] = weight[g * per : (g + 1) * per]
+    return dense
 
 
 def _gru_step(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
@@ -169,6 +186,10 @@ class StreamConvBlock(nn.Module):
         fold = _fold_conv_transpose if self.transposed else (lambda c, bn: _fold_conv(c.weight, c.bias, bn))
         self.w, self.b = map(nn.Parameter, fold(conv, block.bn))
         self.stride, self.padding, self.groups = conv.stride, conv.padding, conv.groups
+        if fast and not self.transposed and 1 < conv.groups < conv.in_channels:
+            # onnxruntime's NCHWc convs take dense and depthwise convs, not 2 groups
+            self.w = nn.Parameter(_ungrouped(self.w.detach(), conv.groups))
+            self.groups = 1
         self.a = nn.Parameter(_prelu(block.act)) if isinstance(block.act, nn.PReLU) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
