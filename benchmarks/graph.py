@@ -13,6 +13,7 @@ optimization levels.
     python benchmarks/graph.py                # old (the shipped file at git main) vs the shipped file
     python benchmarks/graph.py A.onnx B.onnx --batch 1 8 64
     python benchmarks/graph.py --level all extended basic
+    python benchmarks/graph.py --profile --batch 64   # where the time goes, by op type
 
 Without files, "old" is ``git show main:voipfilter/models/gtcrn-voipfilter.onnx`` (falling
 back to ``voipfilter export --previous-graph`` of the shipped checkpoint when git has no
@@ -78,6 +79,28 @@ class Stream:
         return (time.perf_counter() - t0) * scale, (time.thread_time() - c0) * scale
 
 
+def profile(path: Path, level: str, threads: int, batch: int, hops: int = 300) -> list[tuple[str, float, int]]:
+    """onnxruntime's profiler over ``hops`` hops: (op type, share of kernel time, nodes)."""
+    with tempfile.TemporaryDirectory() as d:
+        s = Stream(path, level, threads, batch)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.graph_optimization_level = LEVELS[level]
+        opts.enable_profiling, opts.profile_file_prefix = True, str(Path(d) / "p")
+        s.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        s.hops(hops)
+        events = json.loads(Path(s.sess.end_profiling()).read_text())
+    total: dict[str, float] = {}
+    nodes: dict[str, set[str]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            total[op] = total.get(op, 0.0) + e["dur"]
+            nodes.setdefault(op, set()).add(e["name"])
+    whole = sum(total.values())
+    return sorted(((op, t / whole, len(nodes[op])) for op, t in total.items()), key=lambda r: -r[1])
+
+
 def default_files(tmp: Path) -> list[tuple[str, Path]]:
     old = tmp / "old.onnx"
     shown = subprocess.run(["git", "-C", str(REPO), "show", f"main:{SHIPPED}"], capture_output=True)
@@ -95,11 +118,19 @@ def main() -> int:
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8, 64])
     ap.add_argument("--level", nargs="+", default=["all"], choices=sorted(LEVELS))
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session")
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--hops", type=float, default=0.4, help="seconds of running per file and round (about)")
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--hops", type=float, default=0.1, help="seconds of running per file and round (about)")
+    ap.add_argument("--profile", action="store_true",
+                    help="instead of timing, print onnxruntime's profile (kernel time by op type) per file and batch")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         files = [(p.stem, p) for p in args.files] if args.files else default_files(Path(d))
+        if args.profile:
+            for batch in args.batch:
+                for name, path in files:
+                    rows = profile(path, args.level[0], args.threads, batch)
+                    print(f"{name}, batch {batch}: " + ", ".join(f"{op} {100 * sh:.0f} % ({n})" for op, sh, n in rows if sh >= 0.01))
+            return 0
         print(f"onnxruntime {ort.__version__}, intra_op threads {args.threads}; µs per call-hop, best of {args.rounds} rounds")
         print("batch  level     time " + "".join(f"{name:>12s}" for name, _ in files))
         for batch in args.batch:
