@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.numpy_helper
 import torch
 
 from .checkpoint import load_checkpoint
@@ -62,6 +63,30 @@ def simplify_graph(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
 
 
+def square_sums(proto: onnx.ModelProto) -> None:
+    """``ReduceSum(Mul(x, x))`` -> ``ReduceSumSquare(x)``: one node, the same sum of squares."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    users: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    for node in list(graph.node):
+        if node.op_type != "ReduceSum" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        sq = producers.get(node.input[0])
+        if sq is None or sq.op_type != "Mul" or sq.input[0] != sq.input[1] or users[sq.output[0]] != 1:
+            continue
+        axes = onnx.numpy_helper.to_array(inits[node.input[1]]).astype(int).tolist()
+        keep = [a for a in node.attribute if a.name == "keepdims"]
+        fused = onnx.helper.make_node("ReduceSumSquare", [sq.input[0]], list(node.output), name=node.name + "_square",
+                                      axes=axes, keepdims=keep[0].i if keep else 1)
+        graph.node.insert(list(graph.node).index(node), fused)
+        graph.node.remove(node)
+        graph.node.remove(sq)
+
+
 def declare_output_shapes(proto: onnx.ModelProto, n_freqs: int, state_shapes: dict[str, tuple[int, ...]]) -> None:
     """Give every output the contract's shape: ``enh`` (batch, F, 1, 2), ``<state>_out`` the
     state's shape, batch axes named "batch" (the exporter leaves its own dim names there,
@@ -106,6 +131,9 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
         )
     proto = onnx.load(str(tmp))
     simplify_graph(proto)
+    if fast:
+        square_sums(proto)
+        simplify_graph(proto)  # drops the axes tensors ReduceSum had as inputs
     declare_output_shapes(proto, cfg.n_freqs, {s.name: s.shape for s in specs})
     meta = {
         "voipfilter.format": FORMAT_VERSION,

@@ -18,9 +18,10 @@ graph has few nodes (onnxruntime's cost at this size is mostly per node):
 profiler showed (docs/benchmarks.md, "Graph form"); every change is exact algebra:
 
 - a PReLU with one slope is a LeakyRelu, which onnxruntime fuses into the Conv before it;
-- the one-step GRU of each DPGRNN (across frames) is MatMul/Sigmoid/Tanh nodes on the
-  (B, F, C) tensor itself, not a GRU node on a (1, B*F, C) sequence (onnxruntime's GRU
-  kernel is slow for many short rows); the TRA GRUs (batch B) stay GRU nodes;
+- the one-step GRU of each DPGRNN (across frames) is MatMul/Sigmoid/Tanh nodes on its
+  (B*F, C) rows, not a GRU node on a (1, B*F, C) sequence (onnxruntime's GRU kernel is
+  slow for many short rows); the TRA GRUs (batch B) stay GRU nodes;
+- a sum of squares is one ReduceSumSquare node (``export.square_sums``);
 - the grouped (2 groups) encoder conv is the dense conv with zeros between the groups,
   which onnxruntime runs in its blocked (NCHWc) layout like the other convs;
 - the complex mask is applied as re/im products of (B, F, 1, 1) tensors: no transpose of
@@ -103,7 +104,7 @@ def _gru_step(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.
     gh_rz, gh_n = torch.split(gh, [2 * hidden, hidden], dim=-1)
     r, z = torch.split(torch.sigmoid(gi_rz + gh_rz), hidden, dim=-1)
     n = torch.tanh(gi_n + r * gh_n)
-    return (1.0 - z) * n + z * h
+    return n + z * (h - n)  # = (1 - z) * n + z * h
 
 
 def _block_diag_gru(grnn: GRNN) -> nn.GRU:
@@ -231,7 +232,10 @@ class StreamDPGRNN(nn.Module):
         intra = torch.matmul(intra.transpose(0, 1), self.intra_w) + self.intra_b
         x = x + self.intra_ln(intra)
         if self.fast:
-            inter = _gru_step(x, state, self.inter_wih, self.inter_whh, self.inter_bih, self.inter_bhh, self.hidden)
+            # on (B*F, C) rows: 2-D MatMul + bias, which onnxruntime fuses into one Gemm
+            inter = _gru_step(x.reshape(-1, self.hidden), state.reshape(-1, self.hidden), self.inter_wih,
+                              self.inter_whh, self.inter_bih, self.inter_bhh, self.hidden)
+            inter = inter.reshape(-1, self.width, self.hidden)
         else:
             inter, _ = self.inter(x.reshape(1, -1, self.hidden), state.reshape(1, -1, self.hidden))
             inter = inter.reshape(-1, self.width, self.hidden)
