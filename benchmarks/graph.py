@@ -10,14 +10,15 @@ runs the session (``time.thread_time``; with one intra-op thread onnxruntime com
 calling thread), which a busy machine inflates far less. ``--level`` also times other graph
 optimization levels.
 
-    python benchmarks/graph.py                # old (the shipped file at git main) vs the shipped file
+    python benchmarks/graph.py                # old vs new form of the shipped model
     python benchmarks/graph.py A.onnx B.onnx --batch 1 8 64
     python benchmarks/graph.py --level all extended basic
     python benchmarks/graph.py --profile --batch 64   # where the time goes, by op type
 
-Without files, "old" is ``git show main:voipfilter/models/gtcrn-voipfilter.onnx`` (falling
-back to ``voipfilter export --previous-graph`` of the shipped checkpoint when git has no
-such file) and "new" is the working tree's shipped model.
+Without files, "old" is the shipped checkpoint (runs/gtcrn-v7/checkpoints/last.pt) exported
+in the previous graph form (``voipfilter export --previous-graph``; ``--old-rev REV``: the
+shipped file at git revision REV instead) and "new" is the shipped model file, the same
+checkpoint exported in the current form.
 """
 from __future__ import annotations
 
@@ -33,7 +34,9 @@ import numpy as np
 import onnxruntime as ort
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 SHIPPED = "voipfilter/models/gtcrn-voipfilter.onnx"
+CHECKPOINT = "runs/gtcrn-v7/checkpoints/last.pt"  # the shipped model's weights (raw)
 LEVELS = {
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
@@ -101,14 +104,18 @@ def profile(path: Path, level: str, threads: int, batch: int, hops: int = 300) -
     return sorted(((op, t / whole, len(nodes[op])) for op, t in total.items()), key=lambda r: -r[1])
 
 
-def default_files(tmp: Path) -> list[tuple[str, Path]]:
+def default_files(tmp: Path, old_rev: str | None) -> list[tuple[str, Path]]:
+    """old: the shipped checkpoint in the previous graph form (or the shipped file at git
+    ``old_rev``); new: the shipped file."""
     old = tmp / "old.onnx"
-    shown = subprocess.run(["git", "-C", str(REPO), "show", f"main:{SHIPPED}"], capture_output=True)
-    if shown.returncode == 0:
-        old.write_bytes(shown.stdout)
+    if old_rev:
+        old.write_bytes(subprocess.run(["git", "-C", str(REPO), "show", f"{old_rev}:{SHIPPED}"],
+                                       capture_output=True, check=True).stdout)
     else:
-        subprocess.run([sys.executable, "-m", "voipfilter.cli", "export", "--previous-graph", "--checkpoint",
-                        str(REPO / "runs/gtcrn-v7/checkpoints/last.pt"), "-o", str(old)], check=True, cwd=REPO)
+        from voipfilter.nn.checkpoint import load_checkpoint
+        from voipfilter.nn.export import export_onnx
+
+        export_onnx(load_checkpoint(REPO / CHECKPOINT)[0], old, fast=False)
     return [("old", old), ("new", REPO / SHIPPED)]
 
 
@@ -120,11 +127,13 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="intra-op threads per session")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--hops", type=float, default=0.1, help="seconds of running per file and round (about)")
+    ap.add_argument("--old-rev", default=None,
+                    help="without files: take 'old' from the shipped file at this git revision instead")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing, print onnxruntime's profile (kernel time by op type) per file and batch")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
-        files = [(p.stem, p) for p in args.files] if args.files else default_files(Path(d))
+        files = [(p.stem, p) for p in args.files] if args.files else default_files(Path(d), args.old_rev)
         if args.profile:
             for batch in args.batch:
                 for name, path in files:
