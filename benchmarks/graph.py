@@ -82,8 +82,10 @@ class Stream:
         return (time.perf_counter() - t0) * scale, (time.thread_time() - c0) * scale
 
 
-def profile(path: Path, level: str, threads: int, batch: int, hops: int = 300) -> list[tuple[str, float, int]]:
-    """onnxruntime's profiler over ``hops`` hops: (op type, share of kernel time, nodes)."""
+def profile(path: Path, level: str, threads: int, batch: int,
+            hops: int = 300) -> tuple[list[tuple[str, float, int]], list[tuple[str, float]]]:
+    """onnxruntime's profiler over ``hops`` hops: (op type, share of kernel time, nodes) and
+    (node, share) rows, largest first."""
     with tempfile.TemporaryDirectory() as d:
         s = Stream(path, level, threads, batch)
         opts = ort.SessionOptions()
@@ -95,13 +97,16 @@ def profile(path: Path, level: str, threads: int, batch: int, hops: int = 300) -
         events = json.loads(Path(s.sess.end_profiling()).read_text())
     total: dict[str, float] = {}
     nodes: dict[str, set[str]] = {}
+    per_node: dict[str, float] = {}
     for e in events:
         if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-            op = e["args"]["op_name"]
+            op, name = e["args"]["op_name"], f'{e["args"]["op_name"]} {e["name"][: -len("_kernel_time")]}'
             total[op] = total.get(op, 0.0) + e["dur"]
-            nodes.setdefault(op, set()).add(e["name"])
+            nodes.setdefault(op, set()).add(name)
+            per_node[name] = per_node.get(name, 0.0) + e["dur"]
     whole = sum(total.values())
-    return sorted(((op, t / whole, len(nodes[op])) for op, t in total.items()), key=lambda r: -r[1])
+    by_op = sorted(((op, t / whole, len(nodes[op])) for op, t in total.items()), key=lambda r: -r[1])
+    return by_op, sorted(((n, t / whole) for n, t in per_node.items()), key=lambda r: -r[1])
 
 
 def default_files(tmp: Path, old_rev: str | None) -> list[tuple[str, Path]]:
@@ -131,14 +136,16 @@ def main() -> int:
                     help="without files: take 'old' from the shipped file at this git revision instead")
     ap.add_argument("--profile", action="store_true",
                     help="instead of timing, print onnxruntime's profile (kernel time by op type) per file and batch")
+    ap.add_argument("--top", type=int, default=8, help="with --profile: how many of the costliest nodes to name")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         files = [(p.stem, p) for p in args.files] if args.files else default_files(Path(d), args.old_rev)
         if args.profile:
             for batch in args.batch:
                 for name, path in files:
-                    rows = profile(path, args.level[0], args.threads, batch)
+                    rows, top = profile(path, args.level[0], args.threads, batch)
                     print(f"{name}, batch {batch}: " + ", ".join(f"{op} {100 * sh:.0f} % ({n})" for op, sh, n in rows if sh >= 0.01))
+                    print("    top nodes: " + ", ".join(f"{n} {100 * sh:.1f} %" for n, sh in top[: args.top]))
             return 0
         print(f"onnxruntime {ort.__version__}, intra_op threads {args.threads}; µs per call-hop, best of {args.rounds} rounds")
         print("batch  level     time " + "".join(f"{name:>12s}" for name, _ in files))
