@@ -15,7 +15,8 @@ graph has few nodes (onnxruntime's cost at this size is mostly per node):
 - every cache is its own tensor (no in-place slice writes, so no ScatterND).
 
 ``fast=True`` (the default) also shapes the graph for onnxruntime's kernels, by what its
-profiler showed (docs/benchmarks.md, "Graph form"); every change is exact algebra:
+profiler showed (docs/benchmarks.md, "Graph form"); every change is exact algebra (the same
+function; outputs differ by float32 rounding only, tests/test_graph_equivalence.py):
 
 - a PReLU with one slope is a LeakyRelu, which onnxruntime fuses into the Conv before it;
 - the one-step GRU of each DPGRNN (across frames) is MatMul/Sigmoid/Tanh nodes on its
