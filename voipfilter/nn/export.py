@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
+import onnx.numpy_helper
 import torch
 
 from .checkpoint import load_checkpoint
@@ -62,12 +63,56 @@ def simplify_graph(proto: onnx.ModelProto) -> None:
         graph.initializer.remove(init)
 
 
+def square_sums(proto: onnx.ModelProto) -> None:
+    """``ReduceSum(Mul(x, x))`` -> ``ReduceSumSquare(x)``: one node, the same sum of squares."""
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    users: dict[str, int] = {}
+    for n in graph.node:
+        for i in n.input:
+            users[i] = users.get(i, 0) + 1
+    for node in list(graph.node):
+        if node.op_type != "ReduceSum" or len(node.input) < 2 or node.input[1] not in inits:
+            continue
+        sq = producers.get(node.input[0])
+        if sq is None or sq.op_type != "Mul" or sq.input[0] != sq.input[1] or users[sq.output[0]] != 1:
+            continue
+        axes = onnx.numpy_helper.to_array(inits[node.input[1]]).astype(int).tolist()
+        keep = [a for a in node.attribute if a.name == "keepdims"]
+        fused = onnx.helper.make_node("ReduceSumSquare", [sq.input[0]], list(node.output), name=node.name + "_square",
+                                      axes=axes, keepdims=keep[0].i if keep else 1)
+        graph.node.insert(list(graph.node).index(node), fused)
+        graph.node.remove(node)
+        graph.node.remove(sq)
+
+
+def declare_output_shapes(proto: onnx.ModelProto, n_freqs: int, state_shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give every output the contract's shape: ``enh`` (batch, F, 1, 2), ``<state>_out`` the
+    state's shape, batch axes named "batch" (the exporter leaves its own dim names there,
+    which vary with the graph's last node)."""
+    shapes = {"enh": (-1, n_freqs, 1, 2), **{f"{k}_out": v for k, v in state_shapes.items()}}
+    for out in proto.graph.output:
+        dims = out.type.tensor_type.shape.dim
+        del dims[:]
+        for d in shapes[out.name]:
+            dim = dims.add()
+            if d == -1:
+                dim.dim_param = "batch"
+            else:
+                dim.dim_value = d
+
+
 def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", model_card: str = "",
-                extra_metadata: dict[str, Any] | None = None) -> Path:
-    """Write the streaming form of ``model`` to ``path`` and return the path."""
+                extra_metadata: dict[str, Any] | None = None, fast: bool = True) -> Path:
+    """Write the streaming form of ``model`` to ``path`` and return the path.
+
+    ``fast=False`` writes the previous graph form (``StreamingGTCRN(fast=False)``): the same
+    function with the same inputs, outputs and metadata, slower in onnxruntime.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stream = StreamingGTCRN.from_model(model)
+    stream = StreamingGTCRN.from_model(model, fast)
     cfg = stream.cfg
     specs = stream.state_specs()
     names_in = ["spec"] + [s.name for s in specs]
@@ -86,6 +131,10 @@ def export_onnx(model: GTCRN, path: str | Path, *, model_name: str = "gtcrn", mo
         )
     proto = onnx.load(str(tmp))
     simplify_graph(proto)
+    if fast:
+        square_sums(proto)
+        simplify_graph(proto)  # drops the axes tensors ReduceSum had as inputs
+    declare_output_shapes(proto, cfg.n_freqs, {s.name: s.shape for s in specs})
     meta = {
         "voipfilter.format": FORMAT_VERSION,
         "sample_rate": str(cfg.sample_rate),
@@ -125,6 +174,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="export the trainer's moving average of the weights (the 'ema' a run's last.pt "
                              "keeps with optim.ema_decay set) instead of the raw weights; the card and the "
                              "metadata key 'weights' say which")
+    parser.add_argument("--previous-graph", action="store_true",
+                        help="write the previous, slower graph form of the same function (to compare against)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         card = default_card(args.checkpoint, meta)
     out = export_onnx(model, args.output, model_name=args.name or args.checkpoint.stem, model_card=card,
-                      extra_metadata={"weights": meta["weights"]})
+                      extra_metadata={"weights": meta["weights"]}, fast=not args.previous_graph)
     n_nodes = len(onnx.load(str(out)).graph.node)
     print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KiB, {n_nodes} nodes; weights: {meta['weights']})")
     return 0

@@ -13,6 +13,23 @@ graph has few nodes (onnxruntime's cost at this size is mostly per node):
 - the two grouped GRUs of every GRNN become one GRU with block-diagonal weights;
 - the mean over bands in TRA is folded into its GRU's input weights;
 - every cache is its own tensor (no in-place slice writes, so no ScatterND).
+
+``fast=True`` (the default) also shapes the graph for onnxruntime's kernels, by what its
+profiler showed (docs/benchmarks.md, "Graph form"); every change is exact algebra (the same
+function; outputs differ by float32 rounding only, tests/test_graph_equivalence.py):
+
+- a PReLU with one slope is a LeakyRelu, which onnxruntime fuses into the Conv before it;
+- the one-step GRU of each DPGRNN (across frames) is MatMul/Sigmoid/Tanh nodes on its
+  (B*F, C) rows, not a GRU node on a (1, B*F, C) sequence (onnxruntime's GRU kernel is
+  slow for many short rows); the TRA GRUs (batch B) stay GRU nodes;
+- a sum of squares is one ReduceSumSquare node (``export.square_sums``);
+- the grouped (2 groups) encoder conv is the dense conv with zeros between the groups,
+  which onnxruntime runs in its blocked (NCHWc) layout like the other convs;
+- the complex mask is applied as re/im products of (B, F, 1, 1) tensors: no transpose of
+  the mask and no broadcast over the length-2 [re, im] axis (a slow broadcast in
+  onnxruntime).
+
+``fast=False`` builds the previous graph (kept to compare and benchmark against).
 """
 from __future__ import annotations
 
@@ -58,6 +75,39 @@ def _prelu(act: nn.PReLU) -> torch.Tensor:
     return act.weight.detach().clone()
 
 
+def _act(x: torch.Tensor, slope: torch.Tensor, fast: bool) -> torch.Tensor:
+    """PReLU; as LeakyRelu (the same function) when the slope is one number and ``fast``."""
+    if fast and slope.numel() == 1:
+        return F.leaky_relu(x, float(slope.reshape(()).item()))
+    return F.prelu(x, slope)
+
+
+def _ungrouped(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A grouped Conv2d weight (C_out, C_in/g, kT, kF) as the equal dense conv's
+    (C_out, C_in, kT, kF): block diagonal, zeros between the groups."""
+    rows, cols = weight.shape[:2]
+    dense = weight.new_zeros((rows, cols * groups, *weight.shape[2:]))
+    per = rows // groups
+    for g in range(groups):
+        dense[g * per : (g + 1) * per, g * cols : (g + 1) * cols] = weight[g * per : (g + 1) * per]
+    return dense
+
+
+def _gru_step(x: torch.Tensor, h: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor,
+              b_ih: torch.Tensor, b_hh: torch.Tensor, hidden: int) -> torch.Tensor:
+    """One step of torch's GRU (gate order r, z, n) on (..., C) and (..., H) tensors.
+
+    ``w_ih`` is (C, 3H) and ``w_hh`` (H, 3H): weights already transposed for MatMul.
+    """
+    gi = torch.matmul(x, w_ih) + b_ih
+    gh = torch.matmul(h, w_hh) + b_hh
+    gi_rz, gi_n = torch.split(gi, [2 * hidden, hidden], dim=-1)
+    gh_rz, gh_n = torch.split(gh, [2 * hidden, hidden], dim=-1)
+    r, z = torch.split(torch.sigmoid(gi_rz + gh_rz), hidden, dim=-1)
+    n = torch.tanh(gi_n + r * gh_n)
+    return n + z * (h - n)  # = (1 - z) * n + z * h
+
+
 def _block_diag_gru(grnn: GRNN) -> nn.GRU:
     """One GRU equal to GRNN's two group GRUs run side by side (hidden = [g1, g2])."""
     r1 = grnn.rnn1
@@ -90,8 +140,9 @@ class StreamTRA(nn.Module):
 class StreamGTConv(nn.Module):
     """A GTConv block for one frame; its cache holds the last 2*dilation frames."""
 
-    def __init__(self, block: GTConvBlock, transposed: bool, n_bands: int):
+    def __init__(self, block: GTConvBlock, transposed: bool, n_bands: int, fast: bool = False):
         super().__init__()
+        self.fast = fast
         self.dilation = block.dilation
         w1 = block.point_conv1.weight
         w1 = transposed_as_conv(w1, 1) if transposed else w1  # (hidden, 3*half, 1, 1)
@@ -114,10 +165,11 @@ class StreamGTConv(nn.Module):
 
     def forward(self, x: torch.Tensor, cache: torch.Tensor, tra_state: torch.Tensor):
         x1, x2 = torch.split(x, self.half, dim=1)
-        h = F.prelu(F.conv2d(x1, self.w1, self.b1, padding=(0, 1)), self.a1)
+        h = _act(F.conv2d(x1, self.w1, self.b1, padding=(0, 1)), self.a1, self.fast)
         h = torch.cat([cache, h], dim=2)  # (B, hidden, 2d + 1, F)
         new_cache = h[:, :, 1:]
-        h = F.prelu(F.conv2d(h, self.wd, self.bd, padding=(0, 1), dilation=(self.dilation, 1), groups=self.groups), self.ad)
+        h = F.conv2d(h, self.wd, self.bd, padding=(0, 1), dilation=(self.dilation, 1), groups=self.groups)
+        h = _act(h, self.ad, self.fast)
         h = F.conv2d(h, self.w2, self.b2)
         h, tra_state = self.tra(h, tra_state)
         # channel shuffle [h0, x0, h1, x1, ...]: concat on the (length 1) time axis, then fold
@@ -128,13 +180,18 @@ class StreamGTConv(nn.Module):
 class StreamConvBlock(nn.Module):
     """A stateless (1, 5) stride-2 frequency conv block (BN folded)."""
 
-    def __init__(self, block: ConvBlock):
+    def __init__(self, block: ConvBlock, fast: bool = False):
         super().__init__()
+        self.fast = fast
         conv = block.conv
         self.transposed = isinstance(conv, nn.ConvTranspose2d)
         fold = _fold_conv_transpose if self.transposed else (lambda c, bn: _fold_conv(c.weight, c.bias, bn))
         self.w, self.b = map(nn.Parameter, fold(conv, block.bn))
         self.stride, self.padding, self.groups = conv.stride, conv.padding, conv.groups
+        if fast and not self.transposed and 1 < conv.groups < conv.in_channels:
+            # onnxruntime's NCHWc convs take dense and depthwise convs, not 2 groups
+            self.w = nn.Parameter(_ungrouped(self.w.detach(), conv.groups))
+            self.groups = 1
         self.a = nn.Parameter(_prelu(block.act)) if isinstance(block.act, nn.PReLU) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,14 +199,15 @@ class StreamConvBlock(nn.Module):
             y = F.conv_transpose2d(x, self.w, self.b, self.stride, self.padding, groups=self.groups)
         else:
             y = F.conv2d(x, self.w, self.b, self.stride, self.padding, groups=self.groups)
-        return F.prelu(y, self.a) if self.a is not None else torch.tanh(y)
+        return _act(y, self.a, self.fast) if self.a is not None else torch.tanh(y)
 
 
 class StreamDPGRNN(nn.Module):
     """DPGRNN for one frame in (B, F, C) layout; its state is the inter GRU hidden (B, F, C)."""
 
-    def __init__(self, m: DPGRNN):
+    def __init__(self, m: DPGRNN, fast: bool = False):
         super().__init__()
+        self.fast = fast
         self.width, self.hidden = m.width, m.hidden
         self.intra = _block_diag_gru(m.intra_rnn)
         # the merged biGRU emits [g1 fwd, g2 fwd, g1 bwd, g2 bwd]; upstream's order is
@@ -163,14 +221,25 @@ class StreamDPGRNN(nn.Module):
         self.inter_w = nn.Parameter(m.inter_fc.weight.detach().T.contiguous())
         self.inter_b = nn.Parameter(m.inter_fc.bias.detach().clone())
         self.inter_ln = m.inter_ln
+        g = self.inter
+        self.inter_wih = nn.Parameter(g.weight_ih_l0.detach().T.contiguous())
+        self.inter_whh = nn.Parameter(g.weight_hh_l0.detach().T.contiguous())
+        self.inter_bih = nn.Parameter(g.bias_ih_l0.detach().clone())
+        self.inter_bhh = nn.Parameter(g.bias_hh_l0.detach().clone())
 
     def forward(self, x: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # x (B, F, C); state (B, F, H)
         intra, _ = self.intra(x.transpose(0, 1))  # bands are the sequence: (F, B, 2H')
         intra = torch.matmul(intra.transpose(0, 1), self.intra_w) + self.intra_b
         x = x + self.intra_ln(intra)
-        inter, _ = self.inter(x.reshape(1, -1, self.hidden), state.reshape(1, -1, self.hidden))
-        inter = inter.reshape(-1, self.width, self.hidden)
+        if self.fast:
+            # on (B*F, C) rows: 2-D MatMul + bias, which onnxruntime fuses into one Gemm
+            inter = _gru_step(x.reshape(-1, self.hidden), state.reshape(-1, self.hidden), self.inter_wih,
+                              self.inter_whh, self.inter_bih, self.inter_bhh, self.hidden)
+            inter = inter.reshape(-1, self.width, self.hidden)
+        else:
+            inter, _ = self.inter(x.reshape(1, -1, self.hidden), state.reshape(1, -1, self.hidden))
+            inter = inter.reshape(-1, self.width, self.hidden)
         new_state = inter
         inter = torch.matmul(inter, self.inter_w) + self.inter_b
         return x + self.inter_ln(inter), new_state
@@ -179,9 +248,10 @@ class StreamDPGRNN(nn.Module):
 class StreamingGTCRN(nn.Module):
     """One STFT frame (B, F, 1, 2) + states -> enhanced frame + next states."""
 
-    def __init__(self, model: GTCRN):
+    def __init__(self, model: GTCRN, fast: bool = True):
         super().__init__()
         model = model.eval()
+        self.fast = fast
         cfg: GTCRNConfig = model.cfg
         self.cfg = cfg
         n_low, n_bands, n_freqs = cfg.n_low_bins, cfg.n_bands, cfg.n_freqs
@@ -201,11 +271,11 @@ class StreamingGTCRN(nn.Module):
             self.synthesis = nn.Parameter(bs)
             self.rotate = nn.Parameter(torch.tensor([[0.0, 1.0], [-1.0, 0.0]]))  # [re, im] -> [-im, re]
             enc, dec = model.encoder.en_convs, model.decoder.de_convs
-            self.enc_front = nn.ModuleList([StreamConvBlock(enc[0]), StreamConvBlock(enc[1])])
-            self.enc_gt = nn.ModuleList([StreamGTConv(b, False, cfg.width) for b in enc[2:]])
-            self.dp = nn.ModuleList([StreamDPGRNN(model.dpgrnn1), StreamDPGRNN(model.dpgrnn2)])
-            self.dec_gt = nn.ModuleList([StreamGTConv(b, True, cfg.width) for b in dec[:3]])
-            self.dec_back = nn.ModuleList([StreamConvBlock(dec[3]), StreamConvBlock(dec[4])])
+            self.enc_front = nn.ModuleList([StreamConvBlock(enc[0], fast), StreamConvBlock(enc[1], fast)])
+            self.enc_gt = nn.ModuleList([StreamGTConv(b, False, cfg.width, fast) for b in enc[2:]])
+            self.dp = nn.ModuleList([StreamDPGRNN(model.dpgrnn1, fast), StreamDPGRNN(model.dpgrnn2, fast)])
+            self.dec_gt = nn.ModuleList([StreamGTConv(b, True, cfg.width, fast) for b in dec[:3]])
+            self.dec_back = nn.ModuleList([StreamConvBlock(dec[3], fast), StreamConvBlock(dec[4], fast)])
         for p in self.parameters():
             p.requires_grad_(False)
         self.eval()
@@ -246,7 +316,7 @@ class StreamingGTCRN(nn.Module):
             new_states["et"].append(tra)
             skips.append(x)
 
-        c, w = self.cfg.channels, self.cfg.width
+        c, w, n_freqs = self.cfg.channels, self.cfg.width, self.cfg.n_freqs
         y = x.reshape(-1, c, w).transpose(1, 2)  # (B, F, C)
         for layer, st in zip(self.dp, inter):
             y, st = layer(y, st)
@@ -260,11 +330,19 @@ class StreamingGTCRN(nn.Module):
         for layer, skip in zip(self.dec_back, reversed(skips[:2])):
             x = layer(x + skip)
 
-        mask = torch.matmul(x, self.synthesis).permute(0, 3, 2, 1)  # (B, F, 1, 2)
-        m_re, m_im = torch.split(mask, 1, dim=3)
-        enh = spec * m_re + torch.matmul(spec, self.rotate) * m_im
+        if self.fast:
+            # (B, 1, 1, F) is (B, F, 1, 1) in memory: reshape, not transpose, and multiply
+            # tensors of one shape (a broadcast over the length-2 axis is slow in onnxruntime)
+            m_re, m_im = torch.split(torch.matmul(x, self.synthesis), 1, dim=1)  # (B, 1, 1, F) each
+            m_re, m_im = m_re.reshape(-1, n_freqs, 1, 1), m_im.reshape(-1, n_freqs, 1, 1)
+            s_re, s_im = torch.split(spec, 1, dim=3)
+            enh = torch.cat([s_re * m_re - s_im * m_im, s_re * m_im + s_im * m_re], dim=3)
+        else:
+            mask = torch.matmul(x, self.synthesis).permute(0, 3, 2, 1)  # (B, F, 1, 2)
+            m_re, m_im = torch.split(mask, 1, dim=3)
+            enh = spec * m_re + torch.matmul(spec, self.rotate) * m_im
         return (enh, *new_states["ec"], *new_states["dc"], *new_states["et"], *new_states["dt"], *new_states["in"])
 
     @classmethod
-    def from_model(cls, model: GTCRN) -> "StreamingGTCRN":
-        return cls(model)
+    def from_model(cls, model: GTCRN, fast: bool = True) -> "StreamingGTCRN":
+        return cls(model, fast)
