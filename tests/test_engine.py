@@ -153,8 +153,7 @@ def test_non_finite_row_does_not_change_the_others(gtcrn):
     for k in (0, 2, 3):  # the clean calls alone, from the same state
         solo = SlotStore(gtcrn)
         s = solo.alloc()
-        for name, v in before[int(slots[k])].items():
-            solo._arrays[solo._names.index(name)][solo._index(solo._names.index(name), [s])] = v
+        solo.set_state(s, before[int(slots[k])])
         ref.append(solo.step(np.array([s]), spec[k : k + 1])[0][0])
     bad = spec.copy()
     bad[1] = np.nan

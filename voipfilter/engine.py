@@ -48,9 +48,10 @@ def step_share() -> float:
 
 
 class SlotStore:
-    """The model states of many streams of one model: slot i is row i on each state's
-    batch axis. Thread-safe (a lock around allocation, gather and scatter; not around the
-    onnxruntime run)."""
+    """The model states of many streams of one model: slot i is row i of one array per
+    state, held batch-first (the model's batch axis moved to the front, so a gather is one
+    fancy-indexed copy of whole rows). Thread-safe (a lock around allocation, gather and
+    scatter; not around the onnxruntime run)."""
 
     def __init__(self, model: Model, capacity: int = 8):
         self.model = model
@@ -78,20 +79,27 @@ class SlotStore:
         old = self._capacity
         arrays = []
         for i in range(len(self._names)):
-            a = np.zeros(self.model._batched(i, capacity), np.float32)
+            row = list(self.model.state_shapes[i])
+            del row[self._axes[i]]
+            a = np.zeros([capacity] + row, np.float32)
             if old:
-                idx = [slice(None)] * a.ndim
-                idx[self._axes[i]] = slice(0, old)
-                a[tuple(idx)] = self._arrays[i]
+                a[:old] = self._arrays[i]
             arrays.append(a)
         self._arrays = arrays
         self._free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
         self._capacity = capacity
 
-    def _index(self, i: int, slots) -> tuple:
-        idx = [slice(None)] * self._arrays[i].ndim
-        idx[self._axes[i]] = slots
-        return tuple(idx)
+    def _gather(self, slots) -> dict[str, np.ndarray]:
+        """The states of ``slots`` in the model's layout (batch on its axis), contiguous."""
+        feed = {}
+        for name, a, ax in zip(self._names, self._arrays, self._axes):
+            g = a[slots]
+            feed[name] = g if ax == 0 else np.ascontiguousarray(np.moveaxis(g, 0, ax))
+        return feed
+
+    def _scatter(self, slots, states) -> None:
+        for a, ax, s in zip(self._arrays, self._axes, states):
+            a[slots] = s if ax == 0 else np.moveaxis(s, ax, 0)
 
     def alloc(self) -> int:
         """A zeroed slot."""
@@ -107,8 +115,8 @@ class SlotStore:
             self._free.append(slot)
 
     def _zero(self, slot: int) -> None:
-        for i, a in enumerate(self._arrays):
-            a[self._index(i, slot)] = 0.0
+        for a in self._arrays:
+            a[slot] = 0.0
 
     def zero(self, slot: int) -> None:
         """Reset one stream's state."""
@@ -118,15 +126,18 @@ class SlotStore:
     def state(self, slot: int) -> dict[str, np.ndarray]:
         """A copy of one stream's state (batch 1), by state name."""
         with self._lock:
-            return {
-                n: np.take(a, [slot], axis=ax) for n, a, ax in zip(self._names, self._arrays, self._axes)
-            }
+            return self._gather([slot])
+
+    def set_state(self, slot: int, state: dict[str, np.ndarray]) -> None:
+        """Overwrite one stream's state (batch-1 arrays in the model's layout, by name)."""
+        with self._lock:
+            self._scatter([slot], [state[n] for n in self._names])
 
     def step(self, slots: np.ndarray, spec: np.ndarray) -> list[StepResult]:
         """One hop for len(slots) streams: ``spec`` (B, F, 1, 2) → per stream (enh (1, F, 1, 2),
         None) or, for a stream whose step failed, (its own spec, the error)."""
         with self._lock:
-            feed = {n: np.take(a, slots, axis=ax) for n, a, ax in zip(self._names, self._arrays, self._axes)}
+            feed = self._gather(slots)
         feed["spec"] = spec
         try:
             outs = self._run(self._out_names, feed)
@@ -138,13 +149,11 @@ class SlotStore:
         enh = outs[0]
         finite = np.isfinite(enh.reshape(len(slots), -1)).all(axis=1)
         states = outs[1:]
-        if not finite.all():
-            bad = ~finite
-            for i, s in enumerate(states):
-                s[self._index(i, bad)] = 0.0  # a stream whose state went bad starts afresh
         with self._lock:
-            for i, (a, s) in enumerate(zip(self._arrays, states)):
-                a[self._index(i, slots)] = s
+            self._scatter(slots, states)
+            if not finite.all():
+                for a in self._arrays:
+                    a[slots[~finite]] = 0.0  # a stream whose state went bad starts afresh
         if finite.all():
             return [(enh[k : k + 1], None) for k in range(len(slots))]
         err = FloatingPointError("model returned non-finite values; state reset")
