@@ -269,3 +269,25 @@ async def test_tracks_default_to_the_process_engine(toy):
     assert all(len(o) == len(x) // n for o in outs)
     assert default_engine().steps > before
     assert all(t._engine is default_engine() for t in tracks)
+
+
+# ------------------------------------------------------------------------ BatchDenoiser
+def test_batch_denoiser_equals_denoisers_alone(gtcrn):
+    from voipfilter.batch import BatchDenoiser
+
+    bd = BatchDenoiser(gtcrn, sample_rate=48000, streams=3)
+    alone = [Denoiser(gtcrn, sample_rate=48000) for _ in range(3)]
+    xs = [noise(48000, seed=20 + k) for k in range(3)]
+    sizes = [(960, 480, 0), (960, 1500, 333), (960, 960, 960)]  # per round, per stream
+    pos = [0, 0, 0]
+    for round_sizes in sizes:
+        chunks = [xs[k][pos[k] : pos[k] + round_sizes[k]] for k in range(3)]
+        outs = bd.process(chunks)
+        for k in range(3):
+            want = alone[k].process(chunks[k])
+            assert outs[k].shape == want.shape
+            np.testing.assert_allclose(outs[k], want, rtol=0, atol=TOL)
+            pos[k] += round_sizes[k]
+    assert bd.errors == [None, None, None]
+    with pytest.raises(ValueError, match="stream 1"):
+        bd.process([xs[0][:960], np.full(960, np.nan, np.float32), xs[2][:960]])
