@@ -121,6 +121,64 @@ def compute_bound_batched(model, n_calls: int, seconds: float = 2.0) -> dict:
     return {"calls": n_calls, "us_per_call_frame": 1e6 * per, "max_calls": int(FRAME_S / per)}
 
 
+def profile_worker(model, n_calls: int, frames: int = 50, top: int = 15) -> dict:
+    """cProfile of what the engine's worker does per round for n_calls tracks (each track's
+    _process_safe_steps driven by run_batched on this thread, no event loop): where the time
+    of a call-frame goes. Prints the top functions by own time; returns µs per call-frame."""
+    import cProfile
+    import pstats
+
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from voipfilter.engine import BatchEngine, run_batched
+    from voipfilter.track import NoiseSuppressionTrack
+
+    class NoSource(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self):  # never called: frames are handed to the track directly
+            raise RuntimeError
+
+    engine = BatchEngine()
+    tracks = [NoiseSuppressionTrack(NoSource(), model=model, engine=engine, max_backlog_ms=None)
+              for _ in range(n_calls)]
+    stereo = np.repeat(make_audio(1.0), 2)
+
+    def frame(i: int):
+        j = (i * FRAME) % (len(stereo) // 2 - FRAME)
+        f = av.AudioFrame.from_ndarray(stereo[None, 2 * j : 2 * (j + FRAME)], format="s16", layout="stereo")
+        f.sample_rate, f.pts, f.time_base = RATE, i * FRAME, fractions.Fraction(1, RATE)
+        return f
+
+    def rounds(a: int, b: int, prof=None) -> float:
+        spent = 0.0
+        for i in range(a, b):
+            fs = [frame(i) for _ in tracks]  # the source's work, neither timed nor profiled
+            t = time.perf_counter()
+            if prof is not None:
+                prof.enable()
+            run_batched([tr._process_safe_steps(f) for tr, f in zip(tracks, fs)])
+            if prof is not None:
+                prof.disable()
+            spent += time.perf_counter() - t
+        return spent
+
+    rounds(0, 10)
+    per = rounds(10, 10 + frames) / (frames * n_calls)
+    prof = cProfile.Profile()
+    rounds(10 + frames, 10 + 2 * frames, prof)
+    print(f"# worker profile, {n_calls} calls: {1e6 * per:.0f} µs per call-frame unprofiled; "
+          f"top functions by own time (profiled, per call-frame):")
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((v[2], k) for k, v in stats.items()), reverse=True)[:top]
+    total = sum(v[2] for v in stats.values())
+    for tt, (file, line, name) in rows:
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        print(f"#   {1e6 * tt / (frames * n_calls):6.1f} µs  {100 * tt / total:4.1f} %  {where}")
+    return {"calls": n_calls, "us_per_call_frame": 1e6 * per}
+
+
 class StepTimer:
     """Wraps the engine's SlotStore for ``model``: time in onnxruntime and in gather/scatter."""
 
@@ -330,6 +388,7 @@ def main(argv=None) -> int:
     p.add_argument("--search", action="store_true", help="bisect between the last real-time and first failing load")
     p.add_argument("--batched-bound", type=int, nargs="*", default=[],
                    help="also measure the engine's compute-only bound at these numbers of calls")
+    p.add_argument("--profile", type=int, metavar="N", help="also profile the worker's round for N calls")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
 
@@ -350,6 +409,7 @@ def main(argv=None) -> int:
         batched.append(b)
         print(f"# engine compute-only bound at {n} calls: {b['us_per_call_frame']:.0f} µs per call-frame "
               f"-> at most {b['max_calls']} calls per core")
+    prof = profile_worker(model, args.profile) if args.profile else None
     from voipfilter.engine import default_engine
 
     global TIMER
@@ -392,7 +452,8 @@ def main(argv=None) -> int:
         modes[mode] = {"loads": results, "max_real_time_calls": best}
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"cpu": cpu_name(), "core": core, "bound": bound, "batched_bound": batched, "modes": modes},
+            json.dumps({"cpu": cpu_name(), "core": core, "bound": bound, "batched_bound": batched, "profile": prof,
+                        "modes": modes},
                        indent=2)
         )
     return 0
