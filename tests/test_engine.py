@@ -291,3 +291,52 @@ def test_batch_denoiser_equals_denoisers_alone(gtcrn):
     assert bd.errors == [None, None, None]
     with pytest.raises(ValueError, match="stream 1"):
         bd.process([xs[0][:960], np.full(960, np.nan, np.float32), xs[2][:960]])
+
+
+async def test_a_failing_engine_fails_open_in_the_track(toy):
+    """If the engine itself fails a frame (e.g. closed while the frame was queued), the frame
+    comes out unfiltered and counted, not as an exception from recv()."""
+    require_module("aiortc", "server")
+    from trackutil import FakeSource, drain, frames_of
+
+    from voipfilter.track import NoiseSuppressionTrack
+
+    class ClosedEngine(BatchEngine):
+        def submit(self, gen, loop=None):
+            gen.close()
+            fut = (loop or asyncio.get_running_loop()).create_future()
+            fut.set_exception(RuntimeError("voipfilter engine closed"))
+            return fut
+
+    rate, n = 48000, 960
+    x = noise(rate // 5, seed=5)
+    track = NoiseSuppressionTrack(FakeSource(frames_of(x, rate, n)), model=toy["identity"], engine=ClosedEngine(),
+                                  max_backlog_ms=None)
+    out = await drain(track)
+    assert len(out) == len(x) // n
+    st = track.stats()
+    assert st["fail_open_frames"] == len(out) and "engine closed" in st["last_error"]
+
+
+async def test_engine_survives_a_bad_job_and_keeps_serving(toy, monkeypatch):
+    """A failure in the engine's own round (not in a job) fails that round's jobs and the
+    worker goes on with the next ones."""
+    import voipfilter.engine as eng
+
+    engine = BatchEngine(name="voipfilter-engine-test-bad-round")
+    d = Denoiser(toy["identity"], 16000, engine=engine)
+    real = eng._run_requests
+    calls = {"n": 0}
+
+    def flaky(reqs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("simulated")
+        return real(reqs)
+
+    monkeypatch.setattr(eng, "_run_requests", flaky)
+    with pytest.raises(MemoryError):
+        await engine.submit(d.process_steps(np.zeros(256, np.float32)))
+    assert len(await engine.submit(d.process_steps(np.zeros(256, np.float32)))) == 256
+    engine.close()
+    assert engine_threads(engine.name) == []

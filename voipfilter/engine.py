@@ -331,27 +331,40 @@ class BatchEngine:
                     gen.close()
                 return
             done: dict = {}
-            for gen, fut, loop in new:
-                going, v = _advance(gen, None)
-                if going:
-                    active.append((gen, fut, loop, v))
-                else:
-                    done.setdefault(loop, []).append((fut,) + v)
-            if active:
-                outs, shares = _run_requests([a[3] for a in active])
-                self.rounds += 1
-                self.steps += len(active)
-                nxt = []
-                for (gen, fut, loop, _), out, share in zip(active, outs, shares):
-                    _tls.share = share
-                    going, v = _advance(gen, out)
-                    if going:
-                        nxt.append((gen, fut, loop, v))
-                    else:
-                        done.setdefault(loop, []).append((fut,) + v)
-                active = nxt
+            try:
+                active = self._round(active, new, done)
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                for gen, fut, loop, *_ in active + new:
+                    if not fut.done():
+                        done.setdefault(loop, []).append((fut, None, exc))
+                    gen.close()
+                active = []
             if done:
                 _deliver(done)
+
+    def _round(self, active: list, new: list, done: dict) -> list:
+        """Start the new jobs, run one batched step for every job waiting on one, advance
+        them; finished jobs go to ``done`` (per loop). Returns the jobs still going."""
+        for gen, fut, loop in new:
+            going, v = _advance(gen, None)
+            if going:
+                active.append((gen, fut, loop, v))
+            else:
+                done.setdefault(loop, []).append((fut,) + v)
+        if not active:
+            return active
+        outs, shares = _run_requests([a[3] for a in active])
+        self.rounds += 1
+        self.steps += len(active)
+        nxt = []
+        for (gen, fut, loop, _), out, share in zip(active, outs, shares):
+            _tls.share = share
+            going, v = _advance(gen, out)
+            if going:
+                nxt.append((gen, fut, loop, v))
+            else:
+                done.setdefault(loop, []).append((fut,) + v)
+        return nxt
 
 
 def _resolve(items: list) -> None:

@@ -275,7 +275,10 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                     fut = loop.run_in_executor(shared_executor(), self._process_safe, frame)
                 self._inflight = fut
                 t_sync = time.perf_counter() - t0
-                out = await asyncio.shield(fut)
+                try:
+                    out = await asyncio.shield(fut)
+                except Exception as exc:  # the engine itself failed (closed...): the frame goes out
+                    out = self._fail_open_frame(frame, exc)
                 self._inflight = None
             else:
                 out = self._process_safe(frame)
@@ -366,19 +369,23 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                 t0 = time.perf_counter()
                 busy += step_share()
         except Exception as exc:  # last line of fail-open: the frame itself goes out
-            self._error(exc, "track")
-            self._n_failopen += 1
-            try:
-                x = frame_to_mono(frame)
-                out = mono_to_frame(x, self._out_channels or (1 if frame.layout.nb_channels == 1 else 2), frame)
-            except Exception:
-                out = frame
+            out = self._fail_open_frame(frame, exc)
         dt = busy + time.perf_counter() - t0
         self._proc.append(dt)
         self._proc_total += dt
         if frame.sample_rate:
             self._audio_total += frame.samples / frame.sample_rate
         return out
+
+    def _fail_open_frame(self, frame: av.AudioFrame, exc: BaseException) -> av.AudioFrame:
+        """The input frame as the output (s16, the track's channels), the error counted."""
+        self._error(exc, "track")
+        self._n_failopen += 1
+        try:
+            x = frame_to_mono(frame)
+            return mono_to_frame(x, self._out_channels or (1 if frame.layout.nb_channels == 1 else 2), frame)
+        except Exception:
+            return frame
 
     def _error(self, exc: BaseException, where: str) -> None:
         self._n_errors += 1
