@@ -44,7 +44,7 @@ from .engine import bind_slot, run_alone
 from .highband import HighBandConfig, HighBandGain
 from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
-from .stft import StreamingAnalysis, StreamingSynthesis
+from .stft import StreamingAnalysis, StreamingSynthesis, irfft_frames, rfft_frames
 
 __all__ = ["Denoiser", "HighBandConfig", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
 
@@ -162,10 +162,19 @@ class StreamCore:
             initial = self.model.initial_state(1)
             self._states = [initial[name] for name in self._state_names]
 
-    def step_alone(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
-        """One model step at batch 1: (enh, None), or (spec, the error) if it failed."""
+    def step_alone(self, frame: np.ndarray):
+        """One hop at batch 1 from its windowed frame (n_fft,): (spec, enh, the inverse
+        transform of enh (n_fft,), error or None); a failed step's enh is its spec."""
+        spec = rfft_frames(frame[None, :])
         if self.store is not None:
-            return self.store.step(np.array([self.slot], np.intp), spec)[0]
+            enh, errs = self.store.step(np.array([self.slot], np.intp), spec)
+            err = errs[0]
+        else:
+            enh, err = self._model_step(spec)
+        return spec, enh, irfft_frames(enh, self.n_fft)[0], err
+
+    def _model_step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
+        """This object's own state, batch 1: (enh, None), or (spec, the error)."""
         feed = dict(zip(self._state_names, self._states))
         feed["spec"] = spec
         try:
@@ -185,8 +194,9 @@ class StreamCore:
         return run_alone(self.process_steps(x))
 
     def process_steps(self, x: np.ndarray):
-        """``process`` as a step generator: yields ``(self, spec)`` per hop and takes
-        ``(enh, error)`` back (see :mod:`voipfilter.engine`); returns what ``process`` does."""
+        """``process`` as a step generator: yields ``(self, windowed frame)`` per hop and
+        takes ``(spec, enh, irfft(enh), error)`` back (see :mod:`voipfilter.engine`, which
+        transforms and runs many calls' hops at once); returns what ``process`` does."""
         hop = self.hop
         n = len(x)
         n_hops = (self._n_pending + n) // hop
@@ -208,14 +218,13 @@ class StreamCore:
                 take = hop
                 block = x[pos : pos + hop]
             pos += take
-            spec = self._analysis.analyze(block)
-            enh, err = yield self, spec
+            spec, enh, frame, err = yield self, self._analysis.frame(block)
             if err is not None:
                 self.model_failures += 1
                 failed += 1
                 if first_error is None:
                     first_error = err
-            seg = self._synthesis.synthesize(enh)
+            seg = self._synthesis.add_frame(frame)
             if self.highband is not None:
                 # The output hop is the input delayed by block_delay: the analysis
                 # buffer's oldest_hop().

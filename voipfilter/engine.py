@@ -1,12 +1,13 @@
 """One batched model step for many calls: :class:`BatchEngine`, :class:`SlotStore`.
 
 A filter's per-frame work (:meth:`voipfilter.denoiser.Denoiser.process_steps`, the track's
-mixing) is a generator that *yields a model step* ``(core, spec)`` for each hop and gets
-``(enh, error)`` back. Whoever drives the generator decides how the step runs:
+mixing) is a generator that *yields a hop* ``(core, windowed frame)`` and gets
+``(spec, enh, irfft(enh), error)`` back. Whoever drives the generator decides how it runs:
 
 * :func:`run_alone` runs each step at once, batch 1 (``Denoiser.process``);
-* :func:`run_batched` drives many generators in lock step and runs, per round, the steps of
-  all of them that share a model in **one** onnxruntime call (:meth:`SlotStore.step`);
+* :func:`run_batched` drives many generators in lock step and runs, per round, the hops of
+  all of them that share a model as one FFT, **one** onnxruntime call (:meth:`SlotStore.step`)
+  and one inverse FFT over the whole batch;
 * :class:`BatchEngine` is a worker thread that does :func:`run_batched` for every job the
   event loop submits: jobs that arrive while a round runs join the next round, so at low
   load a hop runs at once and under load batches form by themselves (nothing waits for a
@@ -33,10 +34,10 @@ from typing import Any, Generator, Iterable, Optional
 import numpy as np
 
 from .model import Model
+from .stft import irfft_frames, rfft_frames
 
 __all__ = ["BatchEngine", "SlotStore", "default_engine", "run_alone", "run_batched", "step_share"]
 
-StepResult = tuple  # (enh (1, F, 1, 2) float32, error or None)
 
 _tls = threading.local()
 
@@ -138,9 +139,9 @@ class SlotStore:
         with self._lock:
             self._scatter([slot], [state[n] for n in self._names])
 
-    def step(self, slots: np.ndarray, spec: np.ndarray) -> list[StepResult]:
-        """One hop for len(slots) streams: ``spec`` (B, F, 1, 2) → per stream (enh (1, F, 1, 2),
-        None) or, for a stream whose step failed, (its own spec, the error)."""
+    def step(self, slots: np.ndarray, spec: np.ndarray) -> tuple[np.ndarray, list]:
+        """One hop for len(slots) streams: ``spec`` (B, F, 1, 2) → (enh (B, F, 1, 2), errors):
+        errors[k] is None, or the error of stream k, whose enh row is then its own spec."""
         with self._lock:
             feed = self._gather(slots)
         feed["spec"] = spec
@@ -148,9 +149,10 @@ class SlotStore:
             outs = self._run(self._out_names, feed)
         except Exception as exc:  # onnxruntime raises its own types
             if len(slots) == 1:
-                return [(spec, exc)]
+                return spec, [exc]
             # isolate: one stream's input must not fail the others
-            return [self.step(slots[k : k + 1], spec[k : k + 1])[0] for k in range(len(slots))]
+            rows = [self.step(slots[k : k + 1], spec[k : k + 1]) for k in range(len(slots))]
+            return np.concatenate([r[0] for r in rows]), [r[1][0] for r in rows]
         enh = outs[0]
         finite = np.isfinite(enh.reshape(len(slots), -1)).all(axis=1)
         states = outs[1:]
@@ -160,9 +162,11 @@ class SlotStore:
                 for a in self._arrays:
                     a[slots[~finite]] = 0.0  # a stream whose state went bad starts afresh
         if finite.all():
-            return [(enh[k : k + 1], None) for k in range(len(slots))]
+            return enh, [None] * len(slots)
         err = FloatingPointError("model returned non-finite values; state reset")
-        return [(enh[k : k + 1], None) if finite[k] else (spec[k : k + 1], err) for k in range(len(slots))]
+        enh = enh.copy()
+        enh[~finite] = spec[~finite]
+        return enh, [None if ok else err for ok in finite]
 
 
 def run_alone(gen: Generator) -> Any:
@@ -170,26 +174,35 @@ def run_alone(gen: Generator) -> Any:
     try:
         req = gen.send(None)
         while True:
-            core, spec = req
+            core, frame = req
             t = time.perf_counter()
-            out = core.step_alone(spec)
+            out = core.step_alone(frame)
             _tls.share = time.perf_counter() - t
             req = gen.send(out)
     except StopIteration as stop:
         return stop.value
 
 
-def _run_requests(reqs: list) -> tuple[list[StepResult], list[float]]:
-    """Run one model step per request ``(core, spec)``: the requests of cores that share a
-    SlotStore in one batched call, the others alone. Also each request's share of the time."""
+def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], n_fft: int) -> list:
+    """One hop for the streams of one store: one FFT, one model run, one inverse FFT."""
+    spec = rfft_frames(np.stack(frames))
+    enh, errs = store.step(slots, spec)
+    td = irfft_frames(enh, n_fft)
+    return [(spec[k : k + 1], enh[k : k + 1], td[k], errs[k]) for k in range(len(slots))]
+
+
+def _run_requests(reqs: list) -> tuple[list, list[float]]:
+    """Run one hop per request ``(core, windowed frame)``: the requests of cores that share a
+    SlotStore batched (FFT, model, inverse FFT), the others alone. Each answer is
+    ``(spec, enh, irfft(enh), error)``; also each request's share of the time."""
     results: list = [None] * len(reqs)
     shares = [0.0] * len(reqs)
     groups: dict[int, tuple[SlotStore, list[int]]] = {}
-    for k, (core, spec) in enumerate(reqs):
+    for k, (core, frame) in enumerate(reqs):
         store = getattr(core, "store", None)
         if store is None:
             t = time.perf_counter()
-            results[k] = core.step_alone(spec)
+            results[k] = core.step_alone(frame)
             shares[k] = time.perf_counter() - t
         else:
             groups.setdefault(id(store), (store, []))[1].append(k)
@@ -198,16 +211,16 @@ def _run_requests(reqs: list) -> tuple[list[StepResult], list[float]]:
         if len(ks) > 1:
             ks.sort(key=lambda k: reqs[k][0].slot)  # ascending slots: often one run, gathered as views
         slots = np.fromiter((reqs[k][0].slot for k in ks), dtype=np.intp, count=len(ks))
+        n_fft = store.model.n_fft
         try:
-            spec = reqs[ks[0]][1] if len(ks) == 1 else np.concatenate([reqs[k][1] for k in ks])
-            outs = store.step(slots, spec)
+            outs = _step_group(store, slots, [reqs[k][1] for k in ks], n_fft)
         except Exception:  # a malformed request (shape, dtype): run each on its own
             outs = []
             for j, k in enumerate(ks):
                 try:
-                    outs.append(store.step(slots[j : j + 1], reqs[k][1])[0])
+                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], n_fft)[0])
                 except Exception as exc:
-                    outs.append((reqs[k][1], exc))
+                    outs.append((None, None, None, exc))
         share = (time.perf_counter() - t) / len(ks)
         for k, r in zip(ks, outs):
             results[k] = r
