@@ -13,6 +13,17 @@ alone on one core, no event loop, no threads) and per-frame processing times.
 
     python benchmarks/tracks.py --model model.onnx                  # N = 1, 2, ... until it fails
     python benchmarks/tracks.py --model model.onnx --calls 4 8 12 --seconds 20 --json out.json
+    python benchmarks/tracks.py --engine on off --calls 1 8 32 64 --search   # both paths, same run
+
+``--engine on`` (the default) is the track's default: every track's model steps go through
+the process's BatchEngine (one worker thread, one batched onnxruntime run per round);
+``off`` is the per-track thread pool (``engine=False``), the path before the engine.
+``--search`` adds loads between the largest real-time load and the smallest failing one
+(bisection) to find the most calls kept in real time. Per load, besides latency, it reports
+the CPU per call and, for the engine, where the CPU of a call-frame goes: the onnxruntime
+run, the state gather/scatter, the rest of the worker (STFT, resampling, mixing, frame
+conversion: the per-call Python/numpy work) and everything outside the worker (event loop,
+sources, consumers, asyncio).
     python benchmarks/tracks.py --export-upstream ../shared/reference/gtcrn-upstream/checkpoint_dns3_2024-03.tar
 
 ``--export-upstream CKPT`` (needs the train extra, torch) exports the upstream checkpoint to a
@@ -91,7 +102,118 @@ def compute_bound(model, seconds: float = 5.0) -> dict:
     }
 
 
-async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0) -> dict:
+def compute_bound_batched(model, n_calls: int, seconds: float = 2.0) -> dict:
+    """n_calls Denoisers at 48 kHz stepped together (run_batched), on this thread: the
+    engine's ceiling without the track, event loop or threads."""
+    from voipfilter import Denoiser
+    from voipfilter.engine import BatchEngine, run_batched
+
+    engine = BatchEngine()
+    dens = [Denoiser(model, sample_rate=RATE, engine=engine) for _ in range(n_calls)]
+    x = make_audio(seconds).astype(np.float32) / 32768
+    chunks = [x[i : i + FRAME] for i in range(0, len(x) - FRAME + 1, FRAME)]
+    for c in chunks[:10]:
+        run_batched(d.process_steps(c) for d in dens)
+    t0 = time.perf_counter()
+    for c in chunks:
+        run_batched(d.process_steps(c) for d in dens)
+    per = (time.perf_counter() - t0) / (len(chunks) * n_calls)
+    return {"calls": n_calls, "us_per_call_frame": 1e6 * per, "max_calls": int(FRAME_S / per)}
+
+
+def profile_worker(model, n_calls: int, frames: int = 50, top: int = 15) -> dict:
+    """cProfile of what the engine's worker does per round for n_calls tracks (each track's
+    _process_safe_steps driven by run_batched on this thread, no event loop): where the time
+    of a call-frame goes. Prints the top functions by own time; returns µs per call-frame."""
+    import cProfile
+    import pstats
+
+    import av
+    from aiortc.mediastreams import MediaStreamTrack
+
+    from voipfilter.engine import BatchEngine, run_batched
+    from voipfilter.track import NoiseSuppressionTrack
+
+    class NoSource(MediaStreamTrack):
+        kind = "audio"
+
+        async def recv(self):  # never called: frames are handed to the track directly
+            raise RuntimeError
+
+    engine = BatchEngine()
+    tracks = [NoiseSuppressionTrack(NoSource(), model=model, engine=engine, max_backlog_ms=None)
+              for _ in range(n_calls)]
+    stereo = np.repeat(make_audio(1.0), 2)
+
+    def frame(i: int):
+        j = (i * FRAME) % (len(stereo) // 2 - FRAME)
+        f = av.AudioFrame.from_ndarray(stereo[None, 2 * j : 2 * (j + FRAME)], format="s16", layout="stereo")
+        f.sample_rate, f.pts, f.time_base = RATE, i * FRAME, fractions.Fraction(1, RATE)
+        return f
+
+    def rounds(a: int, b: int, prof=None) -> float:
+        spent = 0.0
+        for i in range(a, b):
+            fs = [frame(i) for _ in tracks]  # the source's work, neither timed nor profiled
+            t = time.perf_counter()
+            if prof is not None:
+                prof.enable()
+            run_batched([tr._process_safe_steps(f) for tr, f in zip(tracks, fs)])
+            if prof is not None:
+                prof.disable()
+            spent += time.perf_counter() - t
+        return spent
+
+    rounds(0, 10)
+    per = rounds(10, 10 + frames) / (frames * n_calls)
+    prof = cProfile.Profile()
+    rounds(10 + frames, 10 + 2 * frames, prof)
+    print(f"# worker profile, {n_calls} calls: {1e6 * per:.0f} µs per call-frame unprofiled; "
+          f"top functions by own time (profiled, per call-frame):")
+    stats = pstats.Stats(prof).stats
+    rows = sorted(((v[2], k) for k, v in stats.items()), reverse=True)[:top]
+    total = sum(v[2] for v in stats.values())
+    for tt, (file, line, name) in rows:
+        where = name if file == "~" else f"{Path(file).name}:{line}({name})"
+        print(f"#   {1e6 * tt / (frames * n_calls):6.1f} µs  {100 * tt / total:4.1f} %  {where}")
+    return {"calls": n_calls, "us_per_call_frame": 1e6 * per}
+
+
+class StepTimer:
+    """Wraps the engine's SlotStore for ``model``: time in onnxruntime and in gather/scatter."""
+
+    def __init__(self, engine, model):
+        self.store = engine.store(model)
+        self.run_s = 0.0
+        self.state_s = 0.0
+        run, gather, scatter = self.store._run, self.store._gather, self.store._scatter
+
+        def timed(fn, attr):
+            def wrapper(*a):
+                t = time.perf_counter()
+                try:
+                    return fn(*a)
+                finally:
+                    setattr(self, attr, getattr(self, attr) + time.perf_counter() - t)
+            return wrapper
+
+        self.store._run = timed(run, "run_s")
+        self.store._gather = timed(gather, "state_s")
+        self.store._scatter = timed(scatter, "state_s")
+
+
+def thread_cpu_seconds(native_id: int | None) -> float:
+    """CPU time of one thread of this process (Linux /proc), 0 if unknown."""
+    if native_id is None:
+        return 0.0
+    try:
+        with open(f"/proc/self/task/{native_id}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except OSError:
+        return 0.0
+
+
+async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0, engine: bool = True) -> dict:
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -148,7 +270,7 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
     consumers = []
     for _ in range(n_calls):
         src = LiveSource(rng.random() * FRAME_S)
-        track = NoiseSuppressionTrack(src, model=model, offload=offload)
+        track = NoiseSuppressionTrack(src, model=model, offload=offload, engine=engine)
         tracks.append(track)
         consumers.append(asyncio.ensure_future(consume(track, src)))
 
@@ -163,19 +285,44 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
             await asyncio.sleep(0.005)
             worst_tick = max(worst_tick, loop.time() - t - 0.005)
 
+    from voipfilter.engine import default_engine
+
+    eng = default_engine()
+    worker = eng._thread.native_id if eng._thread is not None else None
     tick = asyncio.ensure_future(ticker())
     c0, w0 = cpu_seconds(), time.perf_counter()
+    r0, s0 = eng.rounds, eng.steps
+    timer_run, timer_state = TIMER.run_s, TIMER.state_s
+    wk0 = thread_cpu_seconds(worker)
     await asyncio.wait_for(asyncio.gather(*consumers), seconds + 60)
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
+    if worker is None and eng._thread is not None:  # started during this load
+        worker = eng._thread.native_id
+    worker_cpu = thread_cpu_seconds(worker) - wk0
+    rounds, steps = eng.rounds - r0, eng.steps - s0
+    run_s, state_s = TIMER.run_s - timer_run, TIMER.state_s - timer_state
     done = True
     await tick
+    for t in tracks:
+        t.release()
 
     stats = [t.stats() for t in tracks]
     lat = np.array(latencies) * 1000
     dropped = sum(s["frames_dropped"] for s in stats)
     p99 = float(np.percentile(lat, 99)) if lat.size else float("inf")
+    n_out = max(1, int(lat.size))
+    split = {}
+    if engine and offload:
+        split = {
+            "engine_batch_mean": steps / rounds if rounds else None,
+            "us_onnxruntime": 1e6 * run_s / n_out,
+            "us_state_gather_scatter": 1e6 * state_s / n_out,
+            "us_worker_rest": 1e6 * (worker_cpu - run_s - state_s) / n_out if worker_cpu else None,
+            "us_outside_worker": 1e6 * (cpu - worker_cpu) / n_out if worker_cpu else None,
+        }
     return {
         "calls": n_calls,
+        "engine": bool(engine and offload),
         "offload": offload,
         "seconds": seconds,
         "frames_out": int(lat.size),
@@ -188,6 +335,9 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
         "proc_ms_p95": float(np.median([s["proc_ms_p95"] for s in stats])),
         "loop_late_ms_max": 1000 * worst_tick,
         "cpu_percent": 100 * cpu / wall,
+        "cpu_percent_per_call": 100 * cpu / wall / n_calls,
+        "us_cpu_per_call_frame": 1e6 * cpu / n_out,
+        **split,
         "errors": int(sum(s["errors"] for s in stats)),
         "real_time": dropped == 0 and p99 <= 1000 * LATENCY_LIMIT_S,
     }
@@ -202,17 +352,26 @@ def export_upstream(ckpt: Path) -> Path:
     return export_onnx(model, path, model_name="gtcrn-upstream (benchmark)")
 
 
+def _f(v, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
 def fmt_row(r: dict) -> str:
     return (
         f"| {r['calls']:>3} | {'yes' if r['real_time'] else 'no':>3} | {r['frames_dropped']:>5} | "
         f"{r['latency_ms_p50']:6.1f} | {r['latency_ms_p99']:6.1f} | {r['latency_ms_max']:7.1f} | "
-        f"{r['proc_ms_p50']:5.2f} | {r['proc_ms_p95']:5.2f} | {r['loop_late_ms_max']:6.1f} | {r['cpu_percent']:5.1f} |"
+        f"{r['proc_ms_p50']:5.2f} | {r['loop_late_ms_max']:6.1f} | {r['cpu_percent']:5.1f} | "
+        f"{r['cpu_percent_per_call']:5.2f} | {r['us_cpu_per_call_frame']:5.0f} | "
+        f"{_f(r.get('engine_batch_mean'), '5.1f')} | {_f(r.get('us_onnxruntime'), '4.0f')} | "
+        f"{_f(r.get('us_state_gather_scatter'), '3.0f')} | {_f(r.get('us_worker_rest'), '4.0f')} | "
+        f"{_f(r.get('us_outside_worker'), '4.0f')} |"
     )
 
 
 HEADER = (
-    "| calls | real time | dropped | latency p50 ms | p99 ms | max ms | proc/frame p50 ms | p95 ms | loop late max ms | CPU % |\n"
-    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| calls | real time | dropped | latency p50 ms | p99 ms | max ms | proc/frame p50 ms | loop late max ms "
+    "| CPU % | CPU %/call | CPU µs/call-frame | batch | µs ORT | µs state | µs worker rest | µs outside worker |\n"
+    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -224,6 +383,12 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per load (default 10)")
     p.add_argument("--core", type=int, default=None, help="CPU core to pin to (default: the last one allowed)")
     p.add_argument("--inline", action="store_true", help="run the filter inline on the event loop (offload=False)")
+    p.add_argument("--engine", nargs="+", choices=["on", "off"], default=["on"],
+                   help="on: the batched engine (the default track); off: the per-track thread pool; both: same run")
+    p.add_argument("--search", action="store_true", help="bisect between the last real-time and first failing load")
+    p.add_argument("--batched-bound", type=int, nargs="*", default=[],
+                   help="also measure the engine's compute-only bound at these numbers of calls")
+    p.add_argument("--profile", type=int, metavar="N", help="also profile the worker's round for N calls")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
 
@@ -238,26 +403,63 @@ def main(argv=None) -> int:
         f"# compute-only bound: {bound['frame_ms_mean']:.2f} ms per 20 ms frame (p95 {bound['frame_ms_p95']:.2f}), "
         f"RTF {bound['rtf']:.3f} -> at most {bound['max_calls']} calls per core"
     )
-    print(HEADER)
-    results = []
-    loads = args.calls or range(1, 1000)
-    fails = 0
-    for n in loads:
-        r = asyncio.run(run_load(model, n, args.seconds, offload=not args.inline))
-        results.append(r)
-        print(fmt_row(r), flush=True)
-        if not args.calls:
-            fails = fails + 1 if not r["real_time"] else 0
-            if fails >= 2:
-                break
-    ok = [r["calls"] for r in results if r["real_time"]]
-    best = max(ok) if ok else 0
-    print(f"# most calls kept in real time on one core: {best}")
+    batched = []
+    for n in args.batched_bound:
+        b = compute_bound_batched(model, n)
+        batched.append(b)
+        print(f"# engine compute-only bound at {n} calls: {b['us_per_call_frame']:.0f} µs per call-frame "
+              f"-> at most {b['max_calls']} calls per core")
+    prof = profile_worker(model, args.profile) if args.profile else None
+    from voipfilter.engine import default_engine
+
+    global TIMER
+    TIMER = StepTimer(default_engine(), model)
+    modes = {}
+    for mode in args.engine:
+        engine = mode == "on"
+        print(f"\n## engine {mode}{' (inline)' if args.inline else ''}\n")
+        print(HEADER)
+        results = []
+
+        def run(n: int) -> dict:
+            r = asyncio.run(run_load(model, n, args.seconds, offload=not args.inline, engine=engine))
+            results.append(r)
+            print(fmt_row(r), flush=True)
+            return r
+
+        loads = args.calls or range(1, 1000)
+        fails = 0
+        for n in loads:
+            r = run(n)
+            if not args.calls:
+                fails = fails + 1 if not r["real_time"] else 0
+                if fails >= 2:
+                    break
+        if args.search:
+            ok = [r["calls"] for r in results if r["real_time"]]
+            lo = max(ok) if ok else 0
+            bad = [r["calls"] for r in results if not r["real_time"] and r["calls"] > lo]
+            hi = min(bad) if bad else None
+            while hi is not None and hi - lo > max(1, lo // 16):
+                mid = (lo + hi) // 2
+                if run(mid)["real_time"]:
+                    lo = mid
+                else:
+                    hi = mid
+        ok = [r["calls"] for r in results if r["real_time"]]
+        best = max(ok) if ok else 0
+        print(f"# engine {mode}: most calls kept in real time on one core: {best}")
+        modes[mode] = {"loads": results, "max_real_time_calls": best}
     if args.json:
         Path(args.json).write_text(
-            json.dumps({"cpu": cpu_name(), "core": core, "bound": bound, "loads": results, "max_real_time_calls": best}, indent=2)
+            json.dumps({"cpu": cpu_name(), "core": core, "bound": bound, "batched_bound": batched, "profile": prof,
+                        "modes": modes},
+                       indent=2)
         )
     return 0
+
+
+TIMER: StepTimer
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ import os
 import numpy as np
 
 from .denoiser import Denoiser, ModelStepError, _Fifo
+from .engine import run_alone
 from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing
 
@@ -49,6 +50,7 @@ class AnyRateDenoiser:
     Same interface: ``process(x)`` returns ``len(x)`` samples (float32 or int16, as given)
     delayed by exactly ``delay_samples``; ``reset()``; ``enabled``, ``atten_lim_db`` and
     ``model_failures`` are the inner Denoiser's. It can be a track's ``denoiser_factory``.
+    ``engine``: as for Denoiser (the inner Denoiser's state in that engine's store).
     """
 
     def __init__(
@@ -57,10 +59,12 @@ class AnyRateDenoiser:
         sample_rate: int = 22050,
         atten_lim_db: float | None = None,
         enabled: bool = True,
+        engine=None,
     ):
         self.sample_rate = check_any_rate(sample_rate)
         model = Model.load(model)
-        self.inner = Denoiser(model, sample_rate=model.sample_rate, atten_lim_db=atten_lim_db, enabled=enabled)
+        self.inner = Denoiser(model, sample_rate=model.sample_rate, atten_lim_db=atten_lim_db, enabled=enabled,
+                              engine=engine)
         self.inner_rate = self.inner.sample_rate
         self._timing = chain_timing(self.sample_rate, self.inner_rate, 1, self.inner.delay_samples)
         self.reset()
@@ -112,6 +116,10 @@ class AnyRateDenoiser:
         """Denoise the next ``len(x)`` samples; returns as many, same dtype, delayed by
         ``delay_samples``. A failed model step raises ModelStepError as Denoiser does, with
         the whole call's output (failed hops passed through) in ``output``."""
+        return run_alone(self.process_steps(x))
+
+    def process_steps(self, x: np.ndarray):
+        """``process`` as a step generator (:mod:`voipfilter.engine`)."""
         xf = self.inner._validate(x)
         n = len(xf)
         if n == 0:
@@ -119,7 +127,7 @@ class AnyRateDenoiser:
         failure = None
         down = self._down.process(xf)
         try:
-            wet = self.inner.process(down)
+            wet = yield from self.inner.process_steps(down)
         except ModelStepError as exc:
             wet, failure = exc.output, exc
         if len(wet):

@@ -40,10 +40,11 @@ import os
 
 import numpy as np
 
+from .engine import bind_slot, run_alone
 from .highband import HighBandConfig, HighBandGain
 from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
-from .stft import StreamingAnalysis, StreamingSynthesis
+from .stft import StreamingAnalysis, StreamingSynthesis, irfft_frames, rfft_frames
 
 __all__ = ["Denoiser", "HighBandConfig", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
 
@@ -127,7 +128,7 @@ class StreamCore:
     ``gain * full-band input`` to give the enhanced low band plus the gain-scaled high band.
     """
 
-    def __init__(self, model: Model, highband: HighBandGain | None = None):
+    def __init__(self, model: Model, highband: HighBandGain | None = None, engine=None):
         self.model = model
         self.hop = model.hop
         self.n_fft = model.n_fft
@@ -141,6 +142,12 @@ class StreamCore:
         self._out_names = list(model._output_names)
         self._state_names = list(model.state_names)
         self.model_failures = 0
+        # With an engine, the model state is a slot of the engine's SlotStore (batched
+        # steps); without, it is this object's own list of arrays.
+        self.store = None
+        self.slot = -1
+        if engine is not None:
+            self.store, self.slot = bind_slot(self, engine, model)
         self.reset()
 
     def reset(self) -> None:
@@ -149,21 +156,34 @@ class StreamCore:
         self._n_pending = 0
         if self.highband is not None:
             self.highband.reset()
-        initial = self.model.initial_state(1)
-        self._states = [initial[name] for name in self._state_names]
+        if self.store is not None:
+            self.store.zero(self.slot)
+        else:
+            initial = self.model.initial_state(1)
+            self._states = [initial[name] for name in self._state_names]
 
-    def _step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
+    def step_alone(self, frame: np.ndarray):
+        """One hop at batch 1 from its windowed frame (n_fft,): (spec, enh, the inverse
+        transform of enh (n_fft,), error or None); a failed step's enh is its spec."""
+        spec = rfft_frames(frame[None, :])
+        if self.store is not None:
+            enh, errs = self.store.step(np.array([self.slot], np.intp), spec)
+            err = errs[0]
+        else:
+            enh, err = self._model_step(spec)
+        return spec, enh, irfft_frames(enh, self.n_fft)[0], err
+
+    def _model_step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
+        """This object's own state, batch 1: (enh, None), or (spec, the error)."""
         feed = dict(zip(self._state_names, self._states))
         feed["spec"] = spec
         try:
             outs = self._run(self._out_names, feed)
         except Exception as exc:  # onnxruntime raises its own types; keep the stream going
-            self.model_failures += 1
             return spec, exc
         enh = outs[0]
         new_states = outs[1:]
         if not np.isfinite(enh).all():
-            self.model_failures += 1
             self._states = [np.zeros_like(s) for s in self._states]
             return spec, FloatingPointError("model returned non-finite values; state reset")
         self._states = new_states
@@ -171,6 +191,12 @@ class StreamCore:
 
     def process(self, x: np.ndarray) -> tuple[np.ndarray, BaseException | None, int]:
         """Returns (output samples, first error or None, number of failed hops)."""
+        return run_alone(self.process_steps(x))
+
+    def process_steps(self, x: np.ndarray):
+        """``process`` as a step generator: yields ``(self, windowed frame)`` per hop and
+        takes ``(spec, enh, irfft(enh), error)`` back (see :mod:`voipfilter.engine`, which
+        transforms and runs many calls' hops at once); returns what ``process`` does."""
         hop = self.hop
         n = len(x)
         n_hops = (self._n_pending + n) // hop
@@ -192,13 +218,13 @@ class StreamCore:
                 take = hop
                 block = x[pos : pos + hop]
             pos += take
-            spec = self._analysis.analyze(block)
-            enh, err = self._step(spec)
+            spec, enh, frame, err = yield self, self._analysis.frame(block)
             if err is not None:
+                self.model_failures += 1
                 failed += 1
                 if first_error is None:
                     first_error = err
-            seg = self._synthesis.synthesize(enh)
+            seg = self._synthesis.add_frame(frame)
             if self.highband is not None:
                 # The output hop is the input delayed by block_delay: the analysis
                 # buffer's oldest_hop().
@@ -232,6 +258,12 @@ class Denoiser:
         model's, scaled by a gain from the model's top bins (:mod:`voipfilter.highband`);
         False gives the band-limited output (nothing above 8 kHz); a
         :class:`~voipfilter.highband.HighBandConfig` tunes the gain. No effect at 8/16 kHz.
+    engine:
+        None (default): the model state is this object's own and every hop runs at batch 1.
+        A :class:`~voipfilter.engine.BatchEngine`: the state is a slot of the engine's
+        store, so :meth:`process_steps` driven by the engine (or
+        :func:`~voipfilter.engine.run_batched`) batches this stream's hops with others'.
+        ``process`` works either way.
     """
 
     def __init__(
@@ -241,6 +273,7 @@ class Denoiser:
         atten_lim_db: float | None = None,
         enabled: bool = True,
         fullband: "bool | HighBandConfig" = True,
+        engine=None,
     ):
         self.sample_rate = check_rate(sample_rate)
         self.model = Model.load(model)
@@ -255,7 +288,7 @@ class Denoiser:
         highband = (
             HighBandGain(config, self.model.sample_rate, self.model.n_fft, self.model.hop) if config else None
         )
-        self._core = StreamCore(self.model, highband)
+        self._core = StreamCore(self.model, highband, engine)
         self._highband = highband
         self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
         self._resampling = self.sample_rate != self.model.sample_rate
@@ -354,17 +387,22 @@ class Denoiser:
     def process(self, x: np.ndarray) -> np.ndarray:
         """Denoise the next ``len(x)`` samples of the stream; returns as many, same dtype,
         delayed by ``delay_samples``."""
+        return run_alone(self.process_steps(x))
+
+    def process_steps(self, x: np.ndarray):
+        """``process`` as a step generator (:mod:`voipfilter.engine`): yields one model step
+        per hop, returns (or raises) what ``process`` does."""
         xf = self._validate(x)
         n = len(xf)
         if n == 0:
             return np.zeros(0, dtype=x.dtype)
         if self._resampling:
             wet = self._down.process(xf)
-            wet, err, failed = self._core.process(wet)
+            wet, err, failed = yield from self._core.process_steps(wet)
             if len(wet):
                 wet = self._up.process(wet)
         else:
-            wet, err, failed = self._core.process(xf)
+            wet, err, failed = yield from self._core.process_steps(xf)
         self._out.push(wet)
         y = self._out.pop(n)
         self._dry.push(xf)

@@ -43,6 +43,8 @@ __all__ = [
     "StreamingSynthesis",
     "analysis_frames",
     "overlap_add",
+    "rfft_frames",
+    "irfft_frames",
 ]
 
 SYMMETRIC = "sqrt_hann_periodic"
@@ -186,6 +188,21 @@ def window_pair_from_metadata(meta: Mapping[str, str]) -> WindowPair:
     return pair
 
 
+def rfft_frames(frames: np.ndarray) -> np.ndarray:
+    """Windowed frames (B, K) float32 → spectra (B, F, 1, 2) float32 = [real, imag], in one
+    FFT call for all B (row k equals the 1-D FFT of row k exactly)."""
+    spec = np.fft.rfft(frames, axis=-1)
+    if spec.dtype != np.complex64:  # numpy < 2 computes in double precision
+        spec = spec.astype(np.complex64)
+    return spec.view(np.float32).reshape(frames.shape[0], -1, 1, 2)
+
+
+def irfft_frames(spec: np.ndarray, n_fft: int) -> np.ndarray:
+    """Spectra (B, F, 1, 2) float32 → time frames (B, n_fft), one inverse FFT call for all B."""
+    z = np.ascontiguousarray(spec, dtype=np.float32).reshape(spec.shape[0], -1, 2).view(np.complex64)[..., 0]
+    return np.fft.irfft(z, n_fft, axis=-1)
+
+
 def _pair(n_fft: int, hop: int, windows: WindowPair | None) -> WindowPair:
     if windows is None:
         return window_pair(SYMMETRIC, n_fft, hop)
@@ -214,6 +231,16 @@ class StreamingAnalysis(_Framed):
 
     def reset(self) -> None:
         self._buf.fill(0.0)
+
+    def frame(self, samples: np.ndarray) -> np.ndarray:
+        """Push exactly ``hop`` new samples; return the windowed frame that ends with them
+        ((n_fft,) float32, fresh): what ``analyze`` transforms (:func:`rfft_frames` does it
+        for many streams at once)."""
+        buf = self._buf
+        hop = self.hop
+        buf[:-hop] = buf[hop:]
+        buf[-hop:] = samples
+        return buf * self.window
 
     def analyze(self, samples: np.ndarray) -> np.ndarray:
         """Push exactly ``hop`` new samples; return the frame that ends with them.
@@ -257,7 +284,11 @@ class StreamingSynthesis(_Framed):
             z = spec.reshape(-1)
         else:
             z = np.ascontiguousarray(spec, dtype=np.float32).reshape(self.n_freq, 2).view(np.complex64)[:, 0]
-        frame = np.fft.irfft(z, self.n_fft)
+        return self.add_frame(np.fft.irfft(z, self.n_fft))
+
+    def add_frame(self, frame: np.ndarray) -> np.ndarray:
+        """Overlap-add one inverse-transformed frame ((n_fft,), from :func:`irfft_frames`);
+        returns the ``hop`` samples it completes."""
         if self._start:
             frame = frame[self._start :]
         ola = self._ola

@@ -35,6 +35,7 @@ import av
 from .chain import RETRY_FIRST_S, RETRY_MAX_S, Chain, DenoiserLike
 from .denoiser import SUPPORTED_RATES, check_atten_lim_db
 from .frames import frame_to_mono, mono_to_frame
+from .engine import BatchEngine, default_engine, run_alone, step_share
 from .pool import prewarm_in_background, shared_executor
 
 __all__ = ["NoiseSuppressionTrack", "SUPPORTED_RATES"]
@@ -73,8 +74,14 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         process is slower than real time), frames are dropped until it is live again, and
         counted. None: never drop (offline use).
     offload:
-        Run the filter in a thread pool so the event loop is never blocked by inference
+        Run the filter off the event loop so the loop is never blocked by inference
         (default). False runs it inline in ``recv()``.
+    engine:
+        Where an offloaded filter runs. True (default): the process's
+        :class:`~voipfilter.engine.BatchEngine`, one worker thread that runs the model
+        steps of all its tracks that share a model in one batched onnxruntime call (each
+        track's output is what it would be alone, to float32 rounding). A BatchEngine: that
+        one. False: the shared thread pool, each track's frames on their own.
     denoiser_factory:
         Advanced: ``factory(sample_rate) -> object`` with ``process``, ``reset`` and
         ``delay_samples`` used instead of :class:`voipfilter.denoiser.Denoiser`.
@@ -102,11 +109,15 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         max_backlog_ms: float | None = 100.0,
         offload: bool = True,
         denoiser_factory: Callable[[int], DenoiserLike] | None = None,
+        engine: "bool | BatchEngine" = True,
     ) -> None:
         super().__init__()
         if getattr(source, "kind", "audio") != "audio":
             raise ValueError(f"NoiseSuppressionTrack needs an audio track, got kind={source.kind!r}")
         self.source = source
+        if engine is True:
+            engine = default_engine()
+        self._engine: BatchEngine | None = engine or None
         if denoiser_factory is None:
             from .model import Model
 
@@ -193,7 +204,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
     def _make_denoiser(self, rate: int) -> DenoiserLike:
         from .denoiser import Denoiser
 
-        return Denoiser(self.model, sample_rate=rate)
+        return Denoiser(self.model, sample_rate=rate, engine=self._engine if self.offload else None)
 
     @property
     def sample_rate(self) -> int | None:
@@ -258,10 +269,16 @@ class NoiseSuppressionTrack(MediaStreamTrack):
                     continue
                 break
             if self.offload:
-                fut = loop.run_in_executor(shared_executor(), self._process_safe, frame)
+                if self._engine is not None:
+                    fut = self._engine.submit(self._process_safe_steps(frame), loop)
+                else:
+                    fut = loop.run_in_executor(shared_executor(), self._process_safe, frame)
                 self._inflight = fut
                 t_sync = time.perf_counter() - t0
-                out = await asyncio.shield(fut)
+                try:
+                    out = await asyncio.shield(fut)
+                except Exception as exc:  # the engine itself failed (closed...): the frame goes out
+                    out = self._fail_open_frame(frame, exc)
                 self._inflight = None
             else:
                 out = self._process_safe(frame)
@@ -329,23 +346,46 @@ class NoiseSuppressionTrack(MediaStreamTrack):
 
     # ------------------------------------------------------------------------- processing
     def _process_safe(self, frame: av.AudioFrame) -> av.AudioFrame:
+        return run_alone(self._process_safe_steps(frame))
+
+    def _process_safe_steps(self, frame: av.AudioFrame):
+        """A frame's processing as a step generator (:mod:`voipfilter.engine`): the model
+        steps it yields run batched with other tracks' on the engine, or alone inline."""
+        # processing time: this frame's own work plus its share of the batched model steps
+        # (not the time it waited for other tracks' work in the same round)
+        busy = 0.0
         t0 = time.perf_counter()
+        gen = self._process(frame)
+        answer = None
         try:
-            out = self._process(frame)
+            while True:
+                try:
+                    req = gen.send(answer)
+                except StopIteration as stop:
+                    out = stop.value
+                    break
+                busy += time.perf_counter() - t0
+                answer = yield req
+                t0 = time.perf_counter()
+                busy += step_share()
         except Exception as exc:  # last line of fail-open: the frame itself goes out
-            self._error(exc, "track")
-            self._n_failopen += 1
-            try:
-                x = frame_to_mono(frame)
-                out = mono_to_frame(x, self._out_channels or (1 if frame.layout.nb_channels == 1 else 2), frame)
-            except Exception:
-                out = frame
-        dt = time.perf_counter() - t0
+            out = self._fail_open_frame(frame, exc)
+        dt = busy + time.perf_counter() - t0
         self._proc.append(dt)
         self._proc_total += dt
         if frame.sample_rate:
             self._audio_total += frame.samples / frame.sample_rate
         return out
+
+    def _fail_open_frame(self, frame: av.AudioFrame, exc: BaseException) -> av.AudioFrame:
+        """The input frame as the output (s16, the track's channels), the error counted."""
+        self._error(exc, "track")
+        self._n_failopen += 1
+        try:
+            x = frame_to_mono(frame)
+            return mono_to_frame(x, self._out_channels or (1 if frame.layout.nb_channels == 1 else 2), frame)
+        except Exception:
+            return frame
 
     def _error(self, exc: BaseException, where: str) -> None:
         self._n_errors += 1
@@ -374,7 +414,7 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         self._delay_cache.setdefault(rate, delay)
         return Chain(rate, den, delay, fresh_start=fresh_start)
 
-    def _process(self, frame: av.AudioFrame) -> av.AudioFrame:
+    def _process(self, frame: av.AudioFrame):
         rate = int(frame.sample_rate)
         n = frame.samples
         x = frame_to_mono(frame)
@@ -422,13 +462,13 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         if n == 0:
             return mono_to_frame(np.zeros(0, np.float32), self._out_channels, frame)
 
-        y = self._mix(chain, x)
+        y = yield from self._mix(chain, x)
         self._in_pow += float(np.dot(x, x))
         self._out_pow += float(np.dot(y, y))
         self._n_samples += n
         return mono_to_frame(y, self._out_channels, frame)
 
-    def _mix(self, chain: Chain, x: np.ndarray) -> np.ndarray:
+    def _mix(self, chain: Chain, x: np.ndarray):
         n = len(x)
         D = chain.delay
         # dry path, delayed exactly like the wet one
@@ -465,7 +505,12 @@ class NoiseSuppressionTrack(MediaStreamTrack):
         wet = None
         if chain.den is not None and chain.den_active:
             try:
-                wet = np.asarray(chain.den.process(x), dtype=np.float32)
+                steps = getattr(chain.den, "process_steps", None)
+                if steps is not None:
+                    wet = yield from steps(x)
+                else:
+                    wet = chain.den.process(x)
+                wet = np.asarray(wet, dtype=np.float32)
                 if wet.shape != (n,):
                     raise ValueError(f"denoiser returned shape {wet.shape} for {n} samples")
                 if not np.isfinite(wet).all():

@@ -1,0 +1,421 @@
+"""One batched model step for many calls: :class:`BatchEngine`, :class:`SlotStore`.
+
+A filter's per-frame work (:meth:`voipfilter.denoiser.Denoiser.process_steps`, the track's
+mixing) is a generator that *yields a hop* ``(core, windowed frame)`` and gets
+``(spec, enh, irfft(enh), error)`` back. Whoever drives the generator decides how it runs:
+
+* :func:`run_alone` runs each step at once, batch 1 (``Denoiser.process``);
+* :func:`run_batched` drives many generators in lock step and runs, per round, the hops of
+  all of them that share a model as one FFT, **one** onnxruntime call (:meth:`SlotStore.step`)
+  and one inverse FFT over the whole batch;
+* :class:`BatchEngine` is a worker thread that does :func:`run_batched` for every job the
+  event loop submits: jobs that arrive while a round runs join the next round, so at low
+  load a hop runs at once and under load batches form by themselves (nothing waits for a
+  batch to fill).
+
+Per-call model state lives in a :class:`SlotStore` (one per model and engine): a row of a
+batched array per state, gathered for the calls of a round with ``np.take`` and scattered
+back with one fancy-indexed assignment per state. A row whose output is not finite gets
+its state zeroed and an error (that call passes audio through, as a lone call would); a
+batched run that raises is retried call by call, so one call's bad input cannot fail the
+others. Outputs equal running each call alone up to float32 rounding of the batched
+kernels (tests/test_engine.py).
+"""
+from __future__ import annotations
+
+import asyncio
+import atexit
+import threading
+import time
+import weakref
+from collections import deque
+from typing import Any, Generator, Iterable, Optional
+
+import numpy as np
+
+from .model import Model
+from .stft import irfft_frames, rfft_frames
+
+__all__ = ["BatchEngine", "SlotStore", "default_engine", "run_alone", "run_batched", "step_share"]
+
+
+_tls = threading.local()
+
+
+def step_share() -> float:
+    """Seconds of the model step just answered that are this stream's share (the batched
+    run's time divided by its batch size); read right after a yield returns."""
+    return getattr(_tls, "share", 0.0)
+
+
+class SlotStore:
+    """The model states of many streams of one model: slot i is row i of one array per
+    state, held batch-first (the model's batch axis moved to the front, so a gather is one
+    fancy-indexed copy of whole rows). Thread-safe (a lock around allocation, gather and
+    scatter; not around the onnxruntime run)."""
+
+    def __init__(self, model: Model, capacity: int = 8):
+        self.model = model
+        self._names = list(model.state_names)
+        self._axes = list(model.state_batch_axes)
+        self._out_names = list(model._output_names)
+        self._run = model.session.run
+        # re-entrant: a Denoiser collected by the GC while this thread holds the lock frees
+        # its slot from inside the lock
+        self._lock = threading.RLock()
+        self._capacity = 0
+        self._arrays: list[np.ndarray] = []
+        self._free: list[int] = []
+        self._grow(max(1, capacity))
+
+    @property
+    def capacity(self) -> int:
+        return self._capacity
+
+    @property
+    def in_use(self) -> int:
+        return self._capacity - len(self._free)
+
+    def _grow(self, capacity: int) -> None:
+        old = self._capacity
+        arrays = []
+        for i in range(len(self._names)):
+            row = list(self.model.state_shapes[i])
+            del row[self._axes[i]]
+            a = np.zeros([capacity] + row, np.float32)
+            if old:
+                a[:old] = self._arrays[i]
+            arrays.append(a)
+        self._arrays = arrays
+        self._free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
+        self._capacity = capacity
+
+    def _gather(self, slots) -> dict[str, np.ndarray]:
+        """The states of ``slots`` in the model's layout (batch on its axis), contiguous.
+        Consecutive ascending slots (one call, or every call of a full round) are views:
+        no copy at all (the run reads them before the scatter writes)."""
+        n = len(slots)
+        run = n > 0 and int(slots[-1]) - int(slots[0]) == n - 1 and (n == 1 or bool((np.diff(slots) == 1).all()))
+        sel = slice(int(slots[0]), int(slots[0]) + n) if run else slots
+        feed = {}
+        for name, a, ax in zip(self._names, self._arrays, self._axes):
+            g = a[sel]
+            feed[name] = g if ax == 0 else np.ascontiguousarray(np.moveaxis(g, 0, ax))
+        return feed
+
+    def _scatter(self, slots, states) -> None:
+        for a, ax, s in zip(self._arrays, self._axes, states):
+            a[slots] = s if ax == 0 else np.moveaxis(s, ax, 0)
+
+    def alloc(self) -> int:
+        """A zeroed slot."""
+        with self._lock:
+            if not self._free:
+                self._grow(2 * self._capacity)
+            slot = self._free.pop()
+            self._zero(slot)
+            return slot
+
+    def free(self, slot: int) -> None:
+        with self._lock:
+            self._free.append(slot)
+
+    def _zero(self, slot: int) -> None:
+        for a in self._arrays:
+            a[slot] = 0.0
+
+    def zero(self, slot: int) -> None:
+        """Reset one stream's state."""
+        with self._lock:
+            self._zero(slot)
+
+    def state(self, slot: int) -> dict[str, np.ndarray]:
+        """A copy of one stream's state (batch 1), by state name."""
+        with self._lock:
+            return self._gather([slot])
+
+    def set_state(self, slot: int, state: dict[str, np.ndarray]) -> None:
+        """Overwrite one stream's state (batch-1 arrays in the model's layout, by name)."""
+        with self._lock:
+            self._scatter([slot], [state[n] for n in self._names])
+
+    def step(self, slots: np.ndarray, spec: np.ndarray) -> tuple[np.ndarray, list]:
+        """One hop for len(slots) streams: ``spec`` (B, F, 1, 2) → (enh (B, F, 1, 2), errors):
+        errors[k] is None, or the error of stream k, whose enh row is then its own spec."""
+        with self._lock:
+            feed = self._gather(slots)
+        feed["spec"] = spec
+        try:
+            outs = self._run(self._out_names, feed)
+        except Exception as exc:  # onnxruntime raises its own types
+            if len(slots) == 1:
+                return spec, [exc]
+            # isolate: one stream's input must not fail the others
+            rows = [self.step(slots[k : k + 1], spec[k : k + 1]) for k in range(len(slots))]
+            return np.concatenate([r[0] for r in rows]), [r[1][0] for r in rows]
+        enh = outs[0]
+        finite = np.isfinite(enh.reshape(len(slots), -1)).all(axis=1)
+        states = outs[1:]
+        with self._lock:
+            self._scatter(slots, states)
+            if not finite.all():
+                for a in self._arrays:
+                    a[slots[~finite]] = 0.0  # a stream whose state went bad starts afresh
+        if finite.all():
+            return enh, [None] * len(slots)
+        err = FloatingPointError("model returned non-finite values; state reset")
+        enh = enh.copy()
+        enh[~finite] = spec[~finite]
+        return enh, [None if ok else err for ok in finite]
+
+
+def run_alone(gen: Generator) -> Any:
+    """Drive a step generator to its end, each model step at batch 1; its return value."""
+    try:
+        req = gen.send(None)
+        while True:
+            core, frame = req
+            t = time.perf_counter()
+            out = core.step_alone(frame)
+            _tls.share = time.perf_counter() - t
+            req = gen.send(out)
+    except StopIteration as stop:
+        return stop.value
+
+
+def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], n_fft: int) -> list:
+    """One hop for the streams of one store: one FFT, one model run, one inverse FFT."""
+    spec = rfft_frames(np.stack(frames))
+    enh, errs = store.step(slots, spec)
+    td = irfft_frames(enh, n_fft)
+    return [(spec[k : k + 1], enh[k : k + 1], td[k], errs[k]) for k in range(len(slots))]
+
+
+def _run_requests(reqs: list) -> tuple[list, list[float]]:
+    """Run one hop per request ``(core, windowed frame)``: the requests of cores that share a
+    SlotStore batched (FFT, model, inverse FFT), the others alone. Each answer is
+    ``(spec, enh, irfft(enh), error)``; also each request's share of the time."""
+    results: list = [None] * len(reqs)
+    shares = [0.0] * len(reqs)
+    groups: dict[int, tuple[SlotStore, list[int]]] = {}
+    for k, (core, frame) in enumerate(reqs):
+        store = getattr(core, "store", None)
+        if store is None:
+            t = time.perf_counter()
+            results[k] = core.step_alone(frame)
+            shares[k] = time.perf_counter() - t
+        else:
+            groups.setdefault(id(store), (store, []))[1].append(k)
+    for store, ks in groups.values():
+        t = time.perf_counter()
+        if len(ks) > 1:
+            ks.sort(key=lambda k: reqs[k][0].slot)  # ascending slots: often one run, gathered as views
+        slots = np.fromiter((reqs[k][0].slot for k in ks), dtype=np.intp, count=len(ks))
+        n_fft = store.model.n_fft
+        try:
+            outs = _step_group(store, slots, [reqs[k][1] for k in ks], n_fft)
+        except Exception:  # a malformed request (shape, dtype): run each on its own
+            outs = []
+            for j, k in enumerate(ks):
+                try:
+                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], n_fft)[0])
+                except Exception as exc:
+                    outs.append((None, None, None, exc))
+        share = (time.perf_counter() - t) / len(ks)
+        for k, r in zip(ks, outs):
+            results[k] = r
+            shares[k] = share
+    return results, shares
+
+
+def _advance(gen: Generator, value: Any) -> tuple[bool, Any]:
+    """(True, next request) or (False, (result, exception))."""
+    try:
+        return True, gen.send(value)
+    except StopIteration as stop:
+        return False, (stop.value, None)
+    except Exception as exc:
+        return False, (None, exc)
+
+
+def run_batched(gens: Iterable[Generator]) -> list[tuple[Any, Optional[BaseException]]]:
+    """Drive many step generators in lock step, batching each round's model steps;
+    per generator (return value, None) or (None, the exception it raised)."""
+    gens = list(gens)
+    results: list = [None] * len(gens)
+    active: list[tuple[int, Generator, Any]] = []
+    for i, g in enumerate(gens):
+        going, v = _advance(g, None)
+        if going:
+            active.append((i, g, v))
+        else:
+            results[i] = v
+    while active:
+        outs, shares = _run_requests([req for _, _, req in active])
+        nxt = []
+        for (i, g, _), out, share in zip(active, outs, shares):
+            _tls.share = share
+            going, v = _advance(g, out)
+            if going:
+                nxt.append((i, g, v))
+            else:
+                results[i] = v
+        active = nxt
+    return results
+
+
+class BatchEngine:
+    """A worker thread that runs submitted step generators, batching their model steps.
+
+    ``submit(gen)`` (on an event loop) returns an asyncio future for the generator's return
+    value. Each round the worker takes every job waiting, advances each to its next model
+    step, runs the steps that share a model in one onnxruntime call, and hands the finished
+    jobs back to their loop in one ``call_soon_threadsafe`` per loop. ``store(model)`` is
+    the SlotStore its Denoisers keep their state in. ``close()`` ends the worker (it is also
+    started again by the next ``submit``).
+    """
+
+    def __init__(self, name: str = "voipfilter-engine"):
+        self.name = name
+        self._stores: dict[int, SlotStore] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._jobs: deque = deque()
+        self._thread: threading.Thread | None = None
+        self._closing = False
+        self._idle = True
+        self.rounds = 0  # model-step rounds run (a round is one onnxruntime call per model)
+        self.steps = 0  # model steps run (one per call-hop)
+
+    # ---------------------------------------------------------------- state
+    def store(self, model: Model) -> SlotStore:
+        """The SlotStore for ``model`` in this engine (created on first use)."""
+        with self._lock:
+            st = self._stores.get(id(model))
+            if st is None or st.model is not model:
+                st = self._stores[id(model)] = SlotStore(model)
+            return st
+
+    # ---------------------------------------------------------------- jobs
+    def submit(self, gen: Generator, loop: asyncio.AbstractEventLoop | None = None) -> asyncio.Future:
+        """Run ``gen`` on the worker; the future (of ``loop``, default the running one) gets
+        its return value or exception."""
+        loop = loop or asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._closing = False
+                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
+                self._thread.start()
+            self._jobs.append((gen, fut, loop))
+            if self._idle:
+                self._wake.notify()
+        return fut
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the worker and wait for it (jobs still queued get a RuntimeError)."""
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        with self._lock:
+            if self._thread is thread:
+                self._thread = None
+
+    def _take(self, block: bool) -> list:
+        with self._lock:
+            while block and not self._jobs and not self._closing:
+                self._idle = True
+                self._wake.wait()
+            self._idle = False
+            jobs = list(self._jobs)
+            self._jobs.clear()
+            return jobs
+
+    def _work(self) -> None:
+        active: list[tuple[Generator, asyncio.Future, Any, Any]] = []  # gen, fut, loop, request
+        while True:
+            new = self._take(block=not active)
+            if self._closing:
+                for gen, fut, loop, *_ in active + new:
+                    _deliver({loop: [(fut, None, RuntimeError("voipfilter engine closed"))]})
+                    gen.close()
+                return
+            done: dict = {}
+            try:
+                active = self._round(active, new, done)
+            except Exception as exc:  # a bug here must not leave callers waiting forever
+                for gen, fut, loop, *_ in active + new:
+                    if not fut.done():
+                        done.setdefault(loop, []).append((fut, None, exc))
+                    gen.close()
+                active = []
+            if done:
+                _deliver(done)
+
+    def _round(self, active: list, new: list, done: dict) -> list:
+        """Start the new jobs, run one batched step for every job waiting on one, advance
+        them; finished jobs go to ``done`` (per loop). Returns the jobs still going."""
+        for gen, fut, loop in new:
+            going, v = _advance(gen, None)
+            if going:
+                active.append((gen, fut, loop, v))
+            else:
+                done.setdefault(loop, []).append((fut,) + v)
+        if not active:
+            return active
+        outs, shares = _run_requests([a[3] for a in active])
+        self.rounds += 1
+        self.steps += len(active)
+        nxt = []
+        for (gen, fut, loop, _), out, share in zip(active, outs, shares):
+            _tls.share = share
+            going, v = _advance(gen, out)
+            if going:
+                nxt.append((gen, fut, loop, v))
+            else:
+                done.setdefault(loop, []).append((fut,) + v)
+        return nxt
+
+
+def _resolve(items: list) -> None:
+    for fut, value, exc in items:
+        if fut.done():  # cancelled by its awaiter
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
+
+
+def _deliver(done: dict) -> None:
+    """One hand-over per event loop for all the jobs of a round."""
+    for loop, items in done.items():
+        try:
+            loop.call_soon_threadsafe(_resolve, items)
+        except RuntimeError:  # that loop is closed: nobody waits for these
+            pass
+
+
+_default: BatchEngine | None = None
+_default_lock = threading.Lock()
+
+
+def default_engine() -> BatchEngine:
+    """The process's engine (the one ``NoiseSuppressionTrack`` uses by default)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = BatchEngine()
+            atexit.register(_default.close)
+        return _default
+
+
+def bind_slot(owner: object, engine: BatchEngine, model: Model) -> tuple[SlotStore, int]:
+    """A slot of ``engine``'s store for ``model``, freed when ``owner`` is collected."""
+    store = engine.store(model)
+    slot = store.alloc()
+    weakref.finalize(owner, store.free, slot)
+    return store, slot
