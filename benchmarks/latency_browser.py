@@ -81,9 +81,10 @@ def server_process(model: str | None, log_path: Path, port: int | None = None,
     """``python server.py --loopback-ice [extra_args]`` on a free port; yields its base URL
     (``on_start(proc)`` is called with the process once it answers)."""
     port = port or free_port()
-    cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice", *extra_args]
+    cmd = [sys.executable, str(REPO / "server.py"), "--port", str(port), "--loopback-ice"]
     if model:
         cmd += ["--model", str(model)]
+    cmd += extra_args  # after --model: a setup's own --model wins
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         url = f"http://127.0.0.1:{port}"
@@ -195,6 +196,8 @@ SETUPS = {
     "aiortc": ("--aiortc-jitter-buffer",),
     "ptime20": ("--ptime-ms", "20"),
     "aiortc-ptime20": ("--aiortc-jitter-buffer", "--ptime-ms", "20"),
+    # the library's default model where the demo runs the low-delay one (without --model)
+    "gtcrn-voipfilter": ("--model", "gtcrn-voipfilter"),
 }
 
 
@@ -263,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["voipfilter", "aiortc"],
                     help="server setups, one server each, their calls alternating (default: voipfilter "
                          "aiortc): voipfilter = the demo's defaults, aiortc = aiortc's receive buffer, "
-                         "ptime20 = 20 ms Opus packets, aiortc-ptime20 = both of aiortc's")
+                         "ptime20 = 20 ms Opus packets, aiortc-ptime20 = both of aiortc's, gtcrn-voipfilter = "
+                         "the library's default model (the demo's is gtcrn-voipfilter-ll)")
     ap.add_argument("--browser-jitter-target", default="0", metavar="MS|default",
                     help="what the page asks of RTCRtpReceiver.jitterBufferTarget (default 0; "
                          "'default' leaves Chromium's choice)")
