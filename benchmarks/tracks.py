@@ -1,10 +1,10 @@
-"""How many 48 kHz calls one CPU core keeps in real time with NoiseSuppressionTrack.
+"""How many 48 kHz calls one CPU core (or ``--cores N``) keeps in real time with NoiseSuppressionTrack.
 
 Not a test: a measurement, recorded in docs/benchmarks-tracks.md.
 
-The whole process (event loop, the track thread pool, onnxruntime with one intra-op thread)
-is pinned to one core. For N = 1, 2, 3, ... N tracks run at once, each fed like aiortc
-feeds a remote audio track: a 20 ms, 48 kHz, s16 stereo frame every 20 ms into an unbounded
+The whole process (event loop, the engine's worker or the track thread pool, onnxruntime
+with one intra-op thread) is pinned to one core (``--cores 2``: to two). For N = 1, 2, 3,
+... N tracks run at once, each fed like aiortc feeds a remote audio track: a 20 ms, 48 kHz, s16 stereo frame every 20 ms into an unbounded
 asyncio queue (random phase per call), and each pulled by its own consumer task (like the
 RTP sender's encoder loop). A load is *real time* when, over the run, no frame was
 dropped by the backlog policy and the 99th percentile of the frame latency (queued → out
@@ -14,16 +14,23 @@ alone on one core, no event loop, no threads) and per-frame processing times.
     python benchmarks/tracks.py --model model.onnx                  # N = 1, 2, ... until it fails
     python benchmarks/tracks.py --model model.onnx --calls 4 8 12 --seconds 20 --json out.json
     python benchmarks/tracks.py --engine on off --calls 1 8 32 64 --search   # both paths, same run
+    python benchmarks/tracks.py --engine on off rnnoise --cores 2 --calls 8 32 --search
 
 ``--engine on`` (the default) is the track's default: every track's model steps go through
 the process's BatchEngine (one worker thread, one batched onnxruntime run per round);
-``off`` is the per-track thread pool (``engine=False``), the path before the engine.
+``off`` is the per-track thread pool (``engine=False``), the path before the engine;
+``on-t2`` the engine with its model's onnxruntime session on 2 intra-op threads
+(``Model.load(path, intra_op_num_threads=2)``); ``rnnoise`` the reference a user would
+otherwise pick: RNNoise per call (pyrnnoise through benchmarks/peers.py's wrapper, two
+10 ms frames per 20 ms frame, inline in the track's ``recv()``; benchmark only).
 ``--search`` adds loads between the largest real-time load and the smallest failing one
-(bisection) to find the most calls kept in real time. Per load, besides latency, it reports
+(bisection; if every load kept up, it doubles the largest first) to find the most calls
+kept in real time. Per load, besides latency, it reports
 the CPU per call and, for the engine, where the CPU of a call-frame goes: the onnxruntime
 run, the state gather/scatter, the rest of the worker (STFT, resampling, mixing, frame
 conversion: the per-call Python/numpy work) and everything outside the worker (event loop,
-sources, consumers, asyncio).
+sources, consumers, asyncio), and the worker thread's CPU as % of one core (near 100: the
+one worker is the bottleneck, whatever the number of cores).
     python benchmarks/tracks.py --export-upstream ../shared/reference/gtcrn-upstream/checkpoint_dns3_2024-03.tar
 
 ``--export-upstream CKPT`` (needs the train extra, torch) exports the upstream checkpoint to a
@@ -382,6 +389,7 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
             "us_state_gather_scatter": 1e6 * state_s / n_out,
             "us_worker_rest": 1e6 * (worker_cpu - run_s - state_s) / n_out if worker_cpu else None,
             "us_outside_worker": 1e6 * (cpu - worker_cpu) / n_out if worker_cpu else None,
+            "worker_cpu_percent": 100 * worker_cpu / wall if worker_cpu else None,
         }
     return {
         "calls": n_calls,
@@ -427,14 +435,14 @@ def fmt_row(r: dict) -> str:
         f"{r['cpu_percent_per_call']:5.2f} | {r['us_cpu_per_call_frame']:5.0f} | "
         f"{_f(r.get('engine_batch_mean'), '5.1f')} | {_f(r.get('us_onnxruntime'), '4.0f')} | "
         f"{_f(r.get('us_state_gather_scatter'), '3.0f')} | {_f(r.get('us_worker_rest'), '4.0f')} | "
-        f"{_f(r.get('us_outside_worker'), '4.0f')} |"
+        f"{_f(r.get('us_outside_worker'), '4.0f')} | {_f(r.get('worker_cpu_percent'), '5.1f')} |"
     )
 
 
 HEADER = (
     "| calls | real time | dropped | latency p50 ms | p99 ms | max ms | proc/frame p50 ms | loop late max ms "
-    "| CPU % | CPU %/call | CPU µs/call-frame | batch | µs ORT | µs state | µs worker rest | µs outside worker |\n"
-    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| CPU % | CPU %/call | CPU µs/call-frame | batch | µs ORT | µs state | µs worker rest | µs outside worker | worker CPU % |\n"
+    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
