@@ -20,7 +20,8 @@ alone on one core, no event loop, no threads) and per-frame processing times.
 the process's BatchEngine (one worker thread, one batched onnxruntime run per round);
 ``off`` is the per-track thread pool (``engine=False``), the path before the engine;
 ``on-t2`` the engine with its model's onnxruntime session on 2 intra-op threads
-(``Model.load(path, intra_op_num_threads=2)``); ``rnnoise`` the reference a user would
+(``Model.load(path, intra_op_num_threads=2)``); ``on-w2`` an engine with two worker
+threads (``BatchEngine(workers=2)``); ``rnnoise`` the reference a user would
 otherwise pick: RNNoise per call (pyrnnoise through benchmarks/peers.py's wrapper, two
 10 ms frames per 20 ms frame, inline in the track's ``recv()``; benchmark only).
 ``--search`` adds loads between the largest real-time load and the smallest failing one
@@ -275,9 +276,10 @@ def thread_cpu_seconds(native_id: int | None) -> float:
         return 0.0
 
 
-async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0, engine: bool = True,
+async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0, engine=True,
                    track_cls=None) -> dict:
-    """One load: ``n_calls`` tracks for ``seconds``. ``track_cls(source)`` replaces
+    """One load: ``n_calls`` tracks for ``seconds``. ``engine``: True (the default engine),
+    False (the thread pool) or a BatchEngine; ``track_cls(source)`` replaces
     NoiseSuppressionTrack (the RNNoise reference)."""
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
@@ -355,19 +357,19 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
 
     from voipfilter.engine import default_engine
 
-    eng = default_engine()
-    worker = eng._thread.native_id if eng._thread is not None else None
+    eng = engine if engine not in (True, False) else default_engine()
     tick = asyncio.ensure_future(ticker())
     c0, w0 = cpu_seconds(), time.perf_counter()
     r0, s0 = eng.rounds, eng.steps
-    timer = TIMERS.get(id(model))
+    timer = TIMERS.get((id(eng), id(model)))
     timer_run, timer_state = (timer.run_s, timer.state_s) if timer else (0.0, 0.0)
-    wk0 = thread_cpu_seconds(worker)
+    eng_threads = eng.threads
+    wk0 = sum(thread_cpu_seconds(t.native_id) for t in eng_threads)
     await asyncio.wait_for(asyncio.gather(*consumers), seconds + 60)
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
-    if worker is None and eng._thread is not None:  # started during this load
-        worker = eng._thread.native_id
-    worker_cpu = thread_cpu_seconds(worker) - wk0
+    if not eng_threads:  # started during this load
+        eng_threads = eng.threads
+    worker_cpu = sum(thread_cpu_seconds(t.native_id) for t in eng_threads) - wk0
     rounds, steps = eng.rounds - r0, eng.steps - s0
     run_s, state_s = (timer.run_s - timer_run, timer.state_s - timer_state) if timer else (0.0, 0.0)
     done = True
@@ -381,7 +383,7 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
     p99 = float(np.percentile(lat, 99)) if lat.size else float("inf")
     n_out = max(1, int(lat.size))
     split = {}
-    is_engine = bool(engine and offload and track_cls is None)
+    is_engine = engine is not False and offload and track_cls is None
     if is_engine:
         split = {
             "engine_batch_mean": steps / rounds if rounds else None,
@@ -485,15 +487,16 @@ def main(argv=None) -> int:
         print(f"# engine compute-only bound at {n} calls: {b['us_per_call_frame']:.0f} µs per call-frame "
               f"-> at most {b['max_calls']} calls per core")
     prof = profile_worker(model, args.profile) if args.profile else None
-    from voipfilter.engine import default_engine
+    from voipfilter.engine import BatchEngine, default_engine
 
     modes = {}
     for mode in args.engine:
-        engine = mode in ("on", "on-t2")
+        engine = {"on": True, "on-t2": True, "on-w2": BatchEngine(workers=2)}.get(mode, False)
         track_cls = rnnoise_track_class() if mode == "rnnoise" else None
         mode_model = Model.load(model.path, intra_op_num_threads=2) if mode == "on-t2" else model
-        if engine and id(mode_model) not in TIMERS:
-            TIMERS[id(mode_model)] = StepTimer(default_engine(), mode_model)
+        if engine is not False:
+            eng = default_engine() if engine is True else engine
+            TIMERS.setdefault((id(eng), id(mode_model)), StepTimer(eng, mode_model))
         print(f"\n## {mode} ({MODES[mode]}){' (inline)' if args.inline and track_cls is None else ''}, {where}\n")
         print(HEADER)
         results = []
@@ -543,10 +546,11 @@ def main(argv=None) -> int:
     return 0
 
 
-TIMERS: dict[int, StepTimer] = {}  # per Model (id), on the default engine's store
+TIMERS: dict[tuple[int, int], StepTimer] = {}  # per (engine, Model) ids: that engine's store
 MODES = {
     "on": "the batched engine, the track's default",
     "on-t2": "the batched engine, onnxruntime with 2 intra-op threads",
+    "on-w2": "a batched engine with 2 worker threads, BatchEngine(workers=2)",
     "off": "the per-track thread pool, engine=False",
     "rnnoise": "RNNoise per call (pyrnnoise), inline in recv()",
 }
