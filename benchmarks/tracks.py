@@ -537,12 +537,12 @@ def main(argv=None) -> int:
         best = max(ok) if ok else 0
         print(f"# {mode}: most calls kept in real time on {where}: {best}")
         modes[mode] = {"loads": results, "max_real_time_calls": best}
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"cpu": cpu_name(), "cores": core, "bound": bound, "batched_bound": batched, "profile": prof,
-                        "modes": modes},
-                       indent=2)
-        )
+        if args.json:  # after each mode: a run cut short keeps what it measured
+            Path(args.json).write_text(
+                json.dumps({"cpu": cpu_name(), "cores": core, "argv": sys.argv[1:], "bound": bound,
+                            "batched_bound": batched, "profile": prof, "modes": modes},
+                           indent=2)
+            )
     return 0
 
 
