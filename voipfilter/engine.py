@@ -278,7 +278,8 @@ class BatchEngine:
     every job waiting when it starts a round, so with two, a round forms while the other
     runs). A call has one job in flight at a time, so its steps stay in order on any
     worker. The workers share the GIL for the Python part of a round; onnxruntime runs
-    release it (docs/benchmarks-tracks.md, "Two cores", measures what a second one gives).
+    release it. On two cores a second worker kept no more calls than one
+    (docs/benchmarks-tracks.md, run 5): the default stays 1.
     """
 
     def __init__(self, name: str = "voipfilter-engine", workers: int = 1):
