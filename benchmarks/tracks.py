@@ -1,10 +1,10 @@
-"""How many 48 kHz calls one CPU core keeps in real time with NoiseSuppressionTrack.
+"""How many 48 kHz calls one CPU core (or ``--cores N``) keeps in real time with NoiseSuppressionTrack.
 
 Not a test: a measurement, recorded in docs/benchmarks-tracks.md.
 
-The whole process (event loop, the track thread pool, onnxruntime with one intra-op thread)
-is pinned to one core. For N = 1, 2, 3, ... N tracks run at once, each fed like aiortc
-feeds a remote audio track: a 20 ms, 48 kHz, s16 stereo frame every 20 ms into an unbounded
+The whole process (event loop, the engine's worker or the track thread pool, onnxruntime
+with one intra-op thread) is pinned to one core (``--cores 2``: to two). For N = 1, 2, 3,
+... N tracks run at once, each fed like aiortc feeds a remote audio track: a 20 ms, 48 kHz, s16 stereo frame every 20 ms into an unbounded
 asyncio queue (random phase per call), and each pulled by its own consumer task (like the
 RTP sender's encoder loop). A load is *real time* when, over the run, no frame was
 dropped by the backlog policy and the 99th percentile of the frame latency (queued → out
@@ -14,16 +14,24 @@ alone on one core, no event loop, no threads) and per-frame processing times.
     python benchmarks/tracks.py --model model.onnx                  # N = 1, 2, ... until it fails
     python benchmarks/tracks.py --model model.onnx --calls 4 8 12 --seconds 20 --json out.json
     python benchmarks/tracks.py --engine on off --calls 1 8 32 64 --search   # both paths, same run
+    python benchmarks/tracks.py --engine on off rnnoise --cores 2 --calls 8 32 --search
 
 ``--engine on`` (the default) is the track's default: every track's model steps go through
 the process's BatchEngine (one worker thread, one batched onnxruntime run per round);
-``off`` is the per-track thread pool (``engine=False``), the path before the engine.
+``off`` is the per-track thread pool (``engine=False``), the path before the engine;
+``on-t2`` the engine with its model's onnxruntime session on 2 intra-op threads
+(``Model.load(path, intra_op_num_threads=2)``); ``on-w2`` an engine with two worker
+threads (``BatchEngine(workers=2)``); ``rnnoise`` the reference a user would
+otherwise pick: RNNoise per call (pyrnnoise through benchmarks/peers.py's wrapper, two
+10 ms frames per 20 ms frame, inline in the track's ``recv()``; benchmark only).
 ``--search`` adds loads between the largest real-time load and the smallest failing one
-(bisection) to find the most calls kept in real time. Per load, besides latency, it reports
+(bisection; if every load kept up, it doubles the largest first) to find the most calls
+kept in real time. Per load, besides latency, it reports
 the CPU per call and, for the engine, where the CPU of a call-frame goes: the onnxruntime
 run, the state gather/scatter, the rest of the worker (STFT, resampling, mixing, frame
 conversion: the per-call Python/numpy work) and everything outside the worker (event loop,
-sources, consumers, asyncio).
+sources, consumers, asyncio), and the worker thread's CPU as % of one core (near 100: the
+one worker is the bottleneck, whatever the number of cores).
     python benchmarks/tracks.py --export-upstream ../shared/reference/gtcrn-upstream/checkpoint_dns3_2024-03.tar
 
 ``--export-upstream CKPT`` (needs the train extra, torch) exports the upstream checkpoint to a
@@ -55,13 +63,18 @@ FRAME_S = FRAME / RATE
 LATENCY_LIMIT_S = 2 * FRAME_S
 
 
-def pin_one_core(core: int | None) -> int | None:
+def pin_cores(core: int | None, n: int = 1) -> list[int] | None:
+    """Pin this process to ``n`` cores: ``core`` and the ones below it (default: the last
+    ``n`` allowed). Done before any thread exists, so every thread inherits it."""
     if not hasattr(os, "sched_setaffinity"):
         return None
     cores = sorted(os.sched_getaffinity(0))
-    core = cores[-1] if core is None else core
-    os.sched_setaffinity(0, {core})
-    return core
+    last = cores.index(core) + 1 if core is not None else len(cores)
+    chosen = cores[max(0, last - n) : last]
+    if len(chosen) < n:
+        raise SystemExit(f"--cores {n}: only {len(cores)} core(s) allowed here")
+    os.sched_setaffinity(0, set(chosen))
+    return chosen
 
 
 def cpu_seconds() -> float:
@@ -202,6 +215,56 @@ class StepTimer:
         self.store._scatter = timed(scatter, "state_s")
 
 
+def rnnoise_track_class():
+    """A track that runs RNNoise (pyrnnoise, through benchmarks/peers.py's wrapper) on each
+    20 ms 48 kHz frame: downmix to mono, two 10 ms RNNoise frames, s16 out on the frame's
+    layout, pts kept. Inline in ``recv()`` (a C call per 10 ms, the way a user would wire
+    it); no backlog policy, so only latency decides real time. Benchmark only."""
+    import av
+    from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from peers import FRAME as RN_FRAME, RNNoise
+
+    class RNNoiseTrack(MediaStreamTrack):
+        kind = "audio"
+
+        def __init__(self, source: MediaStreamTrack):
+            super().__init__()
+            self.source = source
+            self.rn = RNNoise()
+            self.proc: list[float] = []
+
+        async def recv(self):
+            try:
+                frame = await self.source.recv()
+            except MediaStreamError:
+                self.stop()
+                raise
+            t = time.perf_counter()
+            ch = len(frame.layout.channels)
+            x = frame.to_ndarray().reshape(-1, ch).mean(axis=1, dtype=np.float32) / 32768.0
+            y = np.concatenate([self.rn.process(x[i : i + RN_FRAME]) for i in range(0, len(x), RN_FRAME)])
+            s16 = (np.clip(y, -1.0, 32767 / 32768) * 32768.0).astype(np.int16)
+            out = av.AudioFrame.from_ndarray(np.repeat(s16, ch)[None, :], format="s16", layout=frame.layout.name)
+            out.sample_rate, out.pts, out.time_base = frame.sample_rate, frame.pts, frame.time_base
+            self.proc.append(time.perf_counter() - t)
+            return out
+
+        def release(self) -> None:
+            self.stop()
+            if self.rn is not None:
+                self.rn.close()
+                self.rn = None
+
+        def stats(self) -> dict:
+            ms = 1000 * np.array(self.proc or [0.0])
+            return {"frames_dropped": 0, "errors": 0, "proc_ms_p50": float(np.median(ms)),
+                    "proc_ms_p95": float(np.percentile(ms, 95))}
+
+    return RNNoiseTrack
+
+
 def thread_cpu_seconds(native_id: int | None) -> float:
     """CPU time of one thread of this process (Linux /proc), 0 if unknown."""
     if native_id is None:
@@ -213,7 +276,11 @@ def thread_cpu_seconds(native_id: int | None) -> float:
         return 0.0
 
 
-async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0, engine: bool = True) -> dict:
+async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int = 0, engine=True,
+                   track_cls=None) -> dict:
+    """One load: ``n_calls`` tracks for ``seconds``. ``engine``: True (the default engine),
+    False (the thread pool) or a BatchEngine; ``track_cls(source)`` replaces
+    NoiseSuppressionTrack (the RNNoise reference)."""
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
@@ -270,7 +337,10 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
     consumers = []
     for _ in range(n_calls):
         src = LiveSource(rng.random() * FRAME_S)
-        track = NoiseSuppressionTrack(src, model=model, offload=offload, engine=engine)
+        if track_cls is not None:
+            track = track_cls(src)
+        else:
+            track = NoiseSuppressionTrack(src, model=model, offload=offload, engine=engine)
         tracks.append(track)
         consumers.append(asyncio.ensure_future(consume(track, src)))
 
@@ -287,20 +357,21 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
 
     from voipfilter.engine import default_engine
 
-    eng = default_engine()
-    worker = eng._thread.native_id if eng._thread is not None else None
+    eng = engine if engine not in (True, False) else default_engine()
     tick = asyncio.ensure_future(ticker())
     c0, w0 = cpu_seconds(), time.perf_counter()
     r0, s0 = eng.rounds, eng.steps
-    timer_run, timer_state = TIMER.run_s, TIMER.state_s
-    wk0 = thread_cpu_seconds(worker)
+    timer = TIMERS.get((id(eng), id(model)))
+    timer_run, timer_state = (timer.run_s, timer.state_s) if timer else (0.0, 0.0)
+    eng_threads = eng.threads
+    wk0 = sum(thread_cpu_seconds(t.native_id) for t in eng_threads)
     await asyncio.wait_for(asyncio.gather(*consumers), seconds + 60)
     wall, cpu = time.perf_counter() - w0, cpu_seconds() - c0
-    if worker is None and eng._thread is not None:  # started during this load
-        worker = eng._thread.native_id
-    worker_cpu = thread_cpu_seconds(worker) - wk0
+    if not eng_threads:  # started during this load
+        eng_threads = eng.threads
+    worker_cpu = sum(thread_cpu_seconds(t.native_id) for t in eng_threads) - wk0
     rounds, steps = eng.rounds - r0, eng.steps - s0
-    run_s, state_s = TIMER.run_s - timer_run, TIMER.state_s - timer_state
+    run_s, state_s = (timer.run_s - timer_run, timer.state_s - timer_state) if timer else (0.0, 0.0)
     done = True
     await tick
     for t in tracks:
@@ -312,17 +383,19 @@ async def run_load(model, n_calls: int, seconds: float, offload: bool, seed: int
     p99 = float(np.percentile(lat, 99)) if lat.size else float("inf")
     n_out = max(1, int(lat.size))
     split = {}
-    if engine and offload:
+    is_engine = engine is not False and offload and track_cls is None
+    if is_engine:
         split = {
             "engine_batch_mean": steps / rounds if rounds else None,
             "us_onnxruntime": 1e6 * run_s / n_out,
             "us_state_gather_scatter": 1e6 * state_s / n_out,
             "us_worker_rest": 1e6 * (worker_cpu - run_s - state_s) / n_out if worker_cpu else None,
             "us_outside_worker": 1e6 * (cpu - worker_cpu) / n_out if worker_cpu else None,
+            "worker_cpu_percent": 100 * worker_cpu / wall if worker_cpu else None,
         }
     return {
         "calls": n_calls,
-        "engine": bool(engine and offload),
+        "engine": is_engine,
         "offload": offload,
         "seconds": seconds,
         "frames_out": int(lat.size),
@@ -364,14 +437,14 @@ def fmt_row(r: dict) -> str:
         f"{r['cpu_percent_per_call']:5.2f} | {r['us_cpu_per_call_frame']:5.0f} | "
         f"{_f(r.get('engine_batch_mean'), '5.1f')} | {_f(r.get('us_onnxruntime'), '4.0f')} | "
         f"{_f(r.get('us_state_gather_scatter'), '3.0f')} | {_f(r.get('us_worker_rest'), '4.0f')} | "
-        f"{_f(r.get('us_outside_worker'), '4.0f')} |"
+        f"{_f(r.get('us_outside_worker'), '4.0f')} | {_f(r.get('worker_cpu_percent'), '5.1f')} |"
     )
 
 
 HEADER = (
     "| calls | real time | dropped | latency p50 ms | p99 ms | max ms | proc/frame p50 ms | loop late max ms "
-    "| CPU % | CPU %/call | CPU µs/call-frame | batch | µs ORT | µs state | µs worker rest | µs outside worker |\n"
-    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| CPU % | CPU %/call | CPU µs/call-frame | batch | µs ORT | µs state | µs worker rest | µs outside worker | worker CPU % |\n"
+    "|---:|:---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -382,22 +455,26 @@ def main(argv=None) -> int:
     p.add_argument("--calls", type=int, nargs="*", help="loads to run (default: 1, 2, 3, ... until one is not real time)")
     p.add_argument("--seconds", type=float, default=10.0, help="seconds per load (default 10)")
     p.add_argument("--core", type=int, default=None, help="CPU core to pin to (default: the last one allowed)")
+    p.add_argument("--cores", type=int, default=1,
+                   help="pin to this many cores (--core and the ones below it; default 1)")
     p.add_argument("--inline", action="store_true", help="run the filter inline on the event loop (offload=False)")
-    p.add_argument("--engine", nargs="+", choices=["on", "off"], default=["on"],
-                   help="on: the batched engine (the default track); off: the per-track thread pool; both: same run")
-    p.add_argument("--search", action="store_true", help="bisect between the last real-time and first failing load")
+    p.add_argument("--engine", nargs="+", choices=list(MODES), default=["on"],
+                   help="paths to run, in this order, in one process: " + "; ".join(f"{k}: {v}" for k, v in MODES.items()))
+    p.add_argument("--search", action="store_true",
+                   help="bisect between the last real-time and first failing load (doubling first if none failed)")
     p.add_argument("--batched-bound", type=int, nargs="*", default=[],
                    help="also measure the engine's compute-only bound at these numbers of calls")
     p.add_argument("--profile", type=int, metavar="N", help="also profile the worker's round for N calls")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     args = p.parse_args(argv)
 
-    core = pin_one_core(args.core)  # before any thread exists, so all inherit it
+    core = pin_cores(args.core, args.cores)  # before any thread exists, so all inherit it
+    where = f"{args.cores} core{'s' if args.cores > 1 else ''}"
     from voipfilter.model import Model
 
     model_path = export_upstream(Path(args.export_upstream)) if args.export_upstream else args.model
     model = Model.load(model_path)
-    print(f"# {cpu_name()}, pinned to core {core}; model {model.model_name}; python {platform.python_version()}")
+    print(f"# {cpu_name()}, pinned to core(s) {core}; model {model.model_name}; python {platform.python_version()}")
     bound = compute_bound(model)
     print(
         f"# compute-only bound: {bound['frame_ms_mean']:.2f} ms per 20 ms frame (p95 {bound['frame_ms_p95']:.2f}), "
@@ -410,19 +487,24 @@ def main(argv=None) -> int:
         print(f"# engine compute-only bound at {n} calls: {b['us_per_call_frame']:.0f} µs per call-frame "
               f"-> at most {b['max_calls']} calls per core")
     prof = profile_worker(model, args.profile) if args.profile else None
-    from voipfilter.engine import default_engine
+    from voipfilter.engine import BatchEngine, default_engine
 
-    global TIMER
-    TIMER = StepTimer(default_engine(), model)
     modes = {}
     for mode in args.engine:
-        engine = mode == "on"
-        print(f"\n## engine {mode}{' (inline)' if args.inline else ''}\n")
+        engine = {"on": True, "on-t2": True, "on-w2": BatchEngine(workers=2)}.get(mode, False)
+        track_cls = rnnoise_track_class() if mode == "rnnoise" else None
+        mode_model = Model.load(model.path, intra_op_num_threads=2) if mode == "on-t2" else model
+        if engine is not False:
+            eng = default_engine() if engine is True else engine
+            TIMERS.setdefault((id(eng), id(mode_model)), StepTimer(eng, mode_model))
+        print(f"\n## {mode} ({MODES[mode]}){' (inline)' if args.inline and track_cls is None else ''}, {where}\n")
         print(HEADER)
         results = []
 
         def run(n: int) -> dict:
-            r = asyncio.run(run_load(model, n, args.seconds, offload=not args.inline, engine=engine))
+            r = asyncio.run(run_load(mode_model, n, args.seconds, offload=not args.inline, engine=engine,
+                                     track_cls=track_cls))
+            r["mode"] = mode
             results.append(r)
             print(fmt_row(r), flush=True)
             return r
@@ -440,6 +522,11 @@ def main(argv=None) -> int:
             lo = max(ok) if ok else 0
             bad = [r["calls"] for r in results if not r["real_time"] and r["calls"] > lo]
             hi = min(bad) if bad else None
+            while hi is None and 0 < lo < MAX_SEARCH_CALLS:  # every load kept up: go higher
+                if run(2 * lo)["real_time"]:
+                    lo *= 2
+                else:
+                    hi = 2 * lo
             while hi is not None and hi - lo > max(1, lo // 16):
                 mid = (lo + hi) // 2
                 if run(mid)["real_time"]:
@@ -448,18 +535,26 @@ def main(argv=None) -> int:
                     hi = mid
         ok = [r["calls"] for r in results if r["real_time"]]
         best = max(ok) if ok else 0
-        print(f"# engine {mode}: most calls kept in real time on one core: {best}")
+        print(f"# {mode}: most calls kept in real time on {where}: {best}")
         modes[mode] = {"loads": results, "max_real_time_calls": best}
-    if args.json:
-        Path(args.json).write_text(
-            json.dumps({"cpu": cpu_name(), "core": core, "bound": bound, "batched_bound": batched, "profile": prof,
-                        "modes": modes},
-                       indent=2)
-        )
+        if args.json:  # after each mode: a run cut short keeps what it measured
+            Path(args.json).write_text(
+                json.dumps({"cpu": cpu_name(), "cores": core, "argv": sys.argv[1:], "bound": bound,
+                            "batched_bound": batched, "profile": prof, "modes": modes},
+                           indent=2)
+            )
     return 0
 
 
-TIMER: StepTimer
+TIMERS: dict[tuple[int, int], StepTimer] = {}  # per (engine, Model) ids: that engine's store
+MODES = {
+    "on": "the batched engine, the track's default",
+    "on-t2": "the batched engine, onnxruntime with 2 intra-op threads",
+    "on-w2": "a batched engine with 2 worker threads, BatchEngine(workers=2)",
+    "off": "the per-track thread pool, engine=False",
+    "rnnoise": "RNNoise per call (pyrnnoise), inline in recv()",
+}
+MAX_SEARCH_CALLS = 512
 
 
 if __name__ == "__main__":

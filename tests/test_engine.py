@@ -243,6 +243,36 @@ async def test_engine_shuts_down_with_no_thread_left(toy):
     assert engine_threads(name) == []
 
 
+async def test_two_workers_equal_each_call_alone_and_shut_down(gtcrn):
+    """BatchEngine(workers=2): six calls submitting their frames concurrently come out as
+    each alone would, on two worker threads, and close() ends both."""
+    name = "voipfilter-engine-test-two-workers"
+    engine = BatchEngine(name=name, workers=2)
+    signals = [noise(960 * 12, seed=10 + i) for i in range(6)]
+
+    async def call(x: np.ndarray) -> np.ndarray:
+        d = Denoiser(gtcrn, sample_rate=48000, engine=engine)
+        outs = []
+        for i in range(0, len(x), 960):
+            outs.append(await engine.submit(d.process_steps(x[i : i + 960])))
+        return np.concatenate(outs)
+
+    together = await asyncio.gather(*(call(x) for x in signals))
+    assert len(engine_threads(name)) == 2
+    assert engine.steps > engine.rounds, "the calls never shared a batch"
+    for i, (x, y) in enumerate(zip(signals, together)):
+        ref = Denoiser(gtcrn, sample_rate=48000)
+        want = np.concatenate([ref.process(x[j : j + 960]) for j in range(0, len(x), 960)])
+        assert np.abs(want).max() > 0.01
+        np.testing.assert_allclose(y, want, rtol=0, atol=TOL, err_msg=f"call {i}")
+    engine.close()
+    assert engine_threads(name) == []
+    assert len(await call(signals[0][:960])) == 960  # opens again after close
+    assert len(engine_threads(name)) == 2
+    engine.close()
+    assert engine_threads(name) == []
+
+
 async def test_job_exceptions_reach_their_caller_only(toy):
     engine = BatchEngine()
     d = Denoiser(toy["identity"], 16000, engine=engine)

@@ -265,7 +265,7 @@ def run_batched(gens: Iterable[Generator]) -> list[tuple[Any, Optional[BaseExcep
 
 
 class BatchEngine:
-    """A worker thread that runs submitted step generators, batching their model steps.
+    """Worker thread(s) that run submitted step generators, batching their model steps.
 
     ``submit(gen)`` (on an event loop) returns an asyncio future for the generator's return
     value. Each round the worker takes every job waiting, advances each to its next model
@@ -273,17 +273,25 @@ class BatchEngine:
     jobs back to their loop in one ``call_soon_threadsafe`` per loop. ``store(model)`` is
     the SlotStore its Denoisers keep their state in. ``close()`` ends the worker (it is also
     started again by the next ``submit``).
+
+    ``workers`` (default 1): worker threads, each running rounds of its own (a worker takes
+    every job waiting when it starts a round, so with two, a round forms while the other
+    runs). A call has one job in flight at a time, so its steps stay in order on any
+    worker. The workers share the GIL for the Python part of a round; onnxruntime runs
+    release it. On two cores a second worker kept no more calls than one
+    (docs/benchmarks-tracks.md, run 5): the default stays 1.
     """
 
-    def __init__(self, name: str = "voipfilter-engine"):
+    def __init__(self, name: str = "voipfilter-engine", workers: int = 1):
         self.name = name
+        self.workers = max(1, int(workers))
         self._stores: dict[int, SlotStore] = {}
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._jobs: deque = deque()
-        self._thread: threading.Thread | None = None
+        self._threads: list[threading.Thread] = []
         self._closing = False
-        self._idle = True
+        self._idle = 0  # workers waiting for a job
         self.rounds = 0  # model-step rounds run (a round is one onnxruntime call per model)
         self.steps = 0  # model steps run (one per call-hop)
 
@@ -303,33 +311,50 @@ class BatchEngine:
         loop = loop or asyncio.get_running_loop()
         fut = loop.create_future()
         with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._closing = False
-                self._thread = threading.Thread(target=self._work, name=self.name, daemon=True)
-                self._thread.start()
+            if self._closing or len(self._threads) < self.workers or not all(t.is_alive() for t in self._threads):
+                self._start_workers()
             self._jobs.append((gen, fut, loop))
             if self._idle:
                 self._wake.notify()
         return fut
 
+    def _start_workers(self) -> None:
+        """(Under the lock) start the missing workers; a closed engine opens again."""
+        self._closing = False
+        self._threads = [t for t in self._threads if t.is_alive()]
+        while len(self._threads) < self.workers:
+            t = threading.Thread(target=self._work, name=self.name, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        """The worker threads now started."""
+        with self._lock:
+            return list(self._threads)
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the worker and wait for it (jobs still queued get a RuntimeError)."""
         with self._lock:
             self._closing = True
-            self._wake.notify()
-            thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+            self._wake.notify_all()
+            threads = list(self._threads)
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            if thread is not threading.current_thread():
+                thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
-            if self._thread is thread:
-                self._thread = None
+            if self._closing:
+                self._threads = [t for t in self._threads if t not in threads]
 
     def _take(self, block: bool) -> list:
         with self._lock:
             while block and not self._jobs and not self._closing:
-                self._idle = True
-                self._wake.wait()
-            self._idle = False
+                self._idle += 1
+                try:
+                    self._wake.wait()
+                finally:
+                    self._idle -= 1
             jobs = list(self._jobs)
             self._jobs.clear()
             return jobs
@@ -367,8 +392,9 @@ class BatchEngine:
         if not active:
             return active
         outs, shares = _run_requests([a[3] for a in active])
-        self.rounds += 1
-        self.steps += len(active)
+        with self._lock:
+            self.rounds += 1
+            self.steps += len(active)
         nxt = []
         for (gen, fut, loop, _), out, share in zip(active, outs, shares):
             _tls.share = share
