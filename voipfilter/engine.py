@@ -238,6 +238,23 @@ def _advance(gen: Generator, value: Any) -> tuple[bool, Any]:
         return False, (None, exc)
 
 
+def _step_round(active: list) -> tuple[list, list]:
+    """One round for ``active`` = [(tag, generator, its pending request)]: run the requests
+    (batched where they share a store), send each generator its answer. Returns the
+    generators still going, as (tag, generator, next request), and the finished ones, as
+    (tag, (return value, None) or (None, exception))."""
+    outs, shares = _run_requests([req for _, _, req in active])
+    going_on, finished = [], []
+    for (tag, gen, _), out, share in zip(active, outs, shares):
+        _tls.share = share
+        going, v = _advance(gen, out)
+        if going:
+            going_on.append((tag, gen, v))
+        else:
+            finished.append((tag, v))
+    return going_on, finished
+
+
 def run_batched(gens: Iterable[Generator]) -> list[tuple[Any, Optional[BaseException]]]:
     """Drive many step generators in lock step, batching each round's model steps;
     per generator (return value, None) or (None, the exception it raised)."""
@@ -251,16 +268,9 @@ def run_batched(gens: Iterable[Generator]) -> list[tuple[Any, Optional[BaseExcep
         else:
             results[i] = v
     while active:
-        outs, shares = _run_requests([req for _, _, req in active])
-        nxt = []
-        for (i, g, _), out, share in zip(active, outs, shares):
-            _tls.share = share
-            going, v = _advance(g, out)
-            if going:
-                nxt.append((i, g, v))
-            else:
-                results[i] = v
-        active = nxt
+        active, finished = _step_round(active)
+        for i, v in finished:
+            results[i] = v
     return results
 
 
@@ -360,11 +370,11 @@ class BatchEngine:
             return jobs
 
     def _work(self) -> None:
-        active: list[tuple[Generator, asyncio.Future, Any, Any]] = []  # gen, fut, loop, request
+        active: list[tuple[tuple, Generator, Any]] = []  # ((fut, loop), gen, request)
         while True:
             new = self._take(block=not active)
             if self._closing:
-                for gen, fut, loop, *_ in active + new:
+                for (fut, loop), gen, *_ in active + [((f, lp), g) for g, f, lp in new]:
                     _deliver({loop: [(fut, None, RuntimeError("voipfilter engine closed"))]})
                     gen.close()
                 return
@@ -372,7 +382,7 @@ class BatchEngine:
             try:
                 active = self._round(active, new, done)
             except Exception as exc:  # a bug here must not leave callers waiting forever
-                for gen, fut, loop, *_ in active + new:
+                for (fut, loop), gen, *_ in active + [((f, lp), g) for g, f, lp in new]:
                     if not fut.done():
                         done.setdefault(loop, []).append((fut, None, exc))
                     gen.close()
@@ -386,24 +396,18 @@ class BatchEngine:
         for gen, fut, loop in new:
             going, v = _advance(gen, None)
             if going:
-                active.append((gen, fut, loop, v))
+                active.append(((fut, loop), gen, v))
             else:
                 done.setdefault(loop, []).append((fut,) + v)
         if not active:
             return active
-        outs, shares = _run_requests([a[3] for a in active])
         with self._lock:
             self.rounds += 1
             self.steps += len(active)
-        nxt = []
-        for (gen, fut, loop, _), out, share in zip(active, outs, shares):
-            _tls.share = share
-            going, v = _advance(gen, out)
-            if going:
-                nxt.append((gen, fut, loop, v))
-            else:
-                done.setdefault(loop, []).append((fut,) + v)
-        return nxt
+        active, finished = _step_round(active)
+        for (fut, loop), v in finished:
+            done.setdefault(loop, []).append((fut,) + v)
+        return active
 
 
 def _resolve(items: list) -> None:

@@ -227,7 +227,6 @@ class StreamingAnalysis(_Framed):
         self.window = w.analysis
         self._oldest = w.n_fft - w.synthesis_length
         self._buf = np.zeros(w.n_fft, dtype=np.float32)
-        self._tmp = np.empty(w.n_fft, dtype=np.float32)
 
     def reset(self) -> None:
         self._buf.fill(0.0)
@@ -248,15 +247,7 @@ class StreamingAnalysis(_Framed):
         The returned array is freshly allocated (a view of the rfft result), shape
         (1, F, 1, 2), float32, C-contiguous.
         """
-        buf = self._buf
-        hop = self.hop
-        buf[:-hop] = buf[hop:]
-        buf[-hop:] = samples
-        np.multiply(buf, self.window, out=self._tmp)
-        spec = np.fft.rfft(self._tmp)
-        if spec.dtype != np.complex64:  # numpy < 2 computes in double precision
-            spec = spec.astype(np.complex64)
-        return spec.view(np.float32).reshape(1, self.n_freq, 1, 2)
+        return rfft_frames(self.frame(samples)[None, :])
 
     def oldest_hop(self) -> np.ndarray:
         """The ``hop`` input samples (unwindowed; a view) at frame positions
