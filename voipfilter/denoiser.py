@@ -119,7 +119,7 @@ class _Fifo:
 class StreamCore:
     """The model-rate part: hop buffering, STFT, model step, overlap-add.
 
-    ``process(x)`` takes any number of model-rate samples and returns hop * (number of
+    ``process_steps(x)`` takes any number of model-rate samples and returns hop * (number of
     completed hops) samples whose content is the input delayed by the block delay
     (synthesis window length - hop: 256 at sqrt-Hann 512/256, 128 asymmetric 512/256 at 128).
 
@@ -189,14 +189,11 @@ class StreamCore:
         self._states = new_states
         return enh, None
 
-    def process(self, x: np.ndarray) -> tuple[np.ndarray, BaseException | None, int]:
-        """Returns (output samples, first error or None, number of failed hops)."""
-        return run_alone(self.process_steps(x))
-
     def process_steps(self, x: np.ndarray):
-        """``process`` as a step generator: yields ``(self, windowed frame)`` per hop and
-        takes ``(spec, enh, irfft(enh), error)`` back (see :mod:`voipfilter.engine`, which
-        transforms and runs many calls' hops at once); returns what ``process`` does."""
+        """A step generator over ``x``: yields ``(self, windowed frame)`` per hop and takes
+        ``(spec, enh, irfft(enh), error)`` back (see :mod:`voipfilter.engine`, which
+        transforms and runs many calls' hops at once); returns (output samples, first error
+        or None, number of failed hops)."""
         hop = self.hop
         n = len(x)
         n_hops = (self._n_pending + n) // hop
