@@ -103,3 +103,33 @@ def test_shape_mismatch_refused():
     S = stft(x, CFG)
     with pytest.raises(ValueError):
         HybridLoss(CFG)(S[:, :, :-1], S, 16000)
+
+
+def test_heard_spectra_score_the_synthesised_output_frame_t_against_frame_t():
+    """``loss.spectra: standard``: the spectral terms are the 512/256 STFT's of the played
+    waveforms. A perfect output is still exactly 0; a one-hop shift of the target raises
+    it; what the low-delay synthesis window never plays costs nothing."""
+    from voipfilter.train.config import LossConfig
+    from voipfilter.train.loss import hybrid_loss, loss_spectra
+
+    x = torch.stack([speechlike(24000, s, 0.1) for s in range(2)])
+    spec = stft(x, LOW_DELAY)
+    heard = hybrid_loss(LOW_DELAY, LossConfig(spectra="standard"))
+    assert heard.spectra == CFG and hybrid_loss(LOW_DELAY, LossConfig()).spectra is None
+    assert heard(spec.clone(), spec, x.shape[-1]).item() == 0.0
+    late = stft(torch.nn.functional.pad(x, (LOW_DELAY.hop, 0))[:, : x.shape[-1]], LOW_DELAY)
+    assert heard(spec, late, x.shape[-1]).item() > 1.0
+    # equal to the default framing's loss on the waveforms each spectrum plays
+    enh = spec * (1.0 + 0.2 * torch.randn_like(spec))
+    est, ref = istft(enh, LOW_DELAY, x.shape[-1]), istft(spec, LOW_DELAY, x.shape[-1])
+    want = HybridLoss(CFG).parts(stft(est, CFG), stft(ref, CFG), x.shape[-1])
+    got = heard.parts(enh, spec, x.shape[-1])
+    assert got.total.item() == pytest.approx(want.total.item(), rel=1e-5)
+    # a change the synthesis window discards: the frame's first 256 samples
+    frames = torch.fft.irfft(torch.view_as_complex(spec.contiguous()), n=512, dim=1)
+    frames[:, :256] += 0.05 * torch.randn_like(frames[:, :256])
+    hidden = torch.view_as_real(torch.fft.rfft(frames, dim=1))
+    assert heard(hidden, spec, x.shape[-1]).item() == pytest.approx(0.0, abs=1e-6)
+    assert HybridLoss(LOW_DELAY)(hidden, spec, x.shape[-1]).item() > 0.01  # the model's own spectra count it
+    with pytest.raises(ValueError, match="loss.spectra"):
+        loss_spectra("heard")

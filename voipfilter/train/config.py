@@ -166,6 +166,7 @@ class LossConfig:
     w_mag: float = 70.0
     w_sisnr: float = 0.1  # multiplies -SI-SNR in dB (i.e. SI-SNR / 10)
     sisnr_cap_db: float = 60.0
+    spectra: str = "model"  # spectral terms on the model's spectra, or "standard": 512/256 STFT of the output
 
 
 @dataclass

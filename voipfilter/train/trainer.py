@@ -59,7 +59,7 @@ from voipfilter.nn.stft import istft, stft
 
 from .config import TrainConfig, load_config
 from .data import IndexSampler, build_data
-from .loss import HybridLoss
+from .loss import HybridLoss, hybrid_loss
 
 log = logging.getLogger("voipfilter.train")
 
@@ -203,7 +203,7 @@ class Trainer:
         self.sched = LRSchedule(o)
         self.ema = self._new_ema()
         l = cfg.loss
-        self.loss_fn = HybridLoss(self.model_cfg, l.compress, l.w_complex, l.w_mag, l.w_sisnr, l.sisnr_cap_db)
+        self.loss_fn = hybrid_loss(self.model_cfg, l)
         self.step = 0
         self.epoch = 0
         self.data_position = 0  # training items consumed: the next item's index

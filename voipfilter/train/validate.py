@@ -23,7 +23,7 @@ from voipfilter.evaluate.metrics import INTRUSIVE, intrusive_lists, nanmean, pai
 from voipfilter.nn.checkpoint import load_checkpoint
 from .config import load_config
 from .data import build_data
-from .loss import HybridLoss
+from .loss import HybridLoss, hybrid_loss
 from .trainer import score_mixes
 
 
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:  # not a checkpoint, or weights of another network
             print(f"voipfilter validate: {exc}", file=sys.stderr)
             return 2
-        loss_fn = HybridLoss(model_cfg, l.compress, l.w_complex, l.w_mag, l.w_sisnr, l.sisnr_cap_db)
+        loss_fn = hybrid_loss(model_cfg, l)
         losses[path], rows[path], _ = score_mixes(model, mixes, loss_fn, torch.device("cpu"))
         steps[path] = str(meta.get("step", "?"))
         print(f"scored {path} ({time.time() - t0:.0f} s)", flush=True)
