@@ -19,13 +19,17 @@ from typing import Any
 from aiohttp import web
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from .lateness import LatenessMeter
 from .offer_limits import OfferShape, pin_audio_stream
+from .pacing import SendPacer
 from .ptime import answer_with_ptime, send_opus_packets_of
 from .server_config import (
     AIORTC_JITTER_PREFETCH, APP_KEY_CALLS, APP_KEY_CONFIG, APP_KEY_ENDING, APP_KEY_STATE, ServerConfig,
 )
 
 log = logging.getLogger("voipfilter.server")
+
+PACED_QUEUE_FRAMES = 4  # frames a paced EchoTrack computes ahead of sending
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -90,23 +94,41 @@ class EchoTrack(MediaStreamTrack):
     gap, which NoiseSuppressionTrack closes (state kept, a 5 ms dip at the splice).
 
     Frames keep the duration they arrived with; pts are restamped to one continuous
-    timeline so the encoder never sees the switch."""
+    timeline so the encoder never sees the switch. :attr:`lateness` measures how late
+    frames leave against that timeline (what the caller's jitter buffer sizes itself on);
+    it restarts at a switch, which moves the timeline by the filter's delay."""
 
     kind = "audio"
 
-    def __init__(self, source: MediaStreamTrack, ns: MediaStreamTrack):
+    def __init__(self, source: MediaStreamTrack, ns: MediaStreamTrack, pacer: SendPacer | None = None):
         super().__init__()
         self.source = source
         self.ns = ns
-        self.bypass = False
+        self._bypass = False
+        self.lateness = LatenessMeter()
+        self.pacer = pacer  # holds frames a little so the caller's jitter buffer stays a bucket lower
         self.last_frame_at: float | None = None  # monotonic time of the last caller frame
         self._pts = 0
         self._rate: int | None = None
+        # paced: frames ready to send (a few at most: the sender pulls every frame's time)
+        self._ready: asyncio.Queue = asyncio.Queue(maxsize=PACED_QUEUE_FRAMES)
+        self._producer: asyncio.Future | None = None
 
-    async def recv(self):
-        if self.readyState != "live":
-            raise MediaStreamError
-        if self.bypass:
+    @property
+    def bypass(self) -> bool:
+        return self._bypass
+
+    @bypass.setter
+    def bypass(self, value: bool) -> None:
+        if bool(value) != self._bypass:
+            self.lateness.reset()
+            if self.pacer is not None:
+                self.pacer.reset()
+        self._bypass = bool(value)
+
+    async def _next(self):
+        """The next frame of the path in use, restamped; with its ready time and end (s)."""
+        if self._bypass:
             frame = await self.source.recv()
         else:
             frame = await self.ns.recv()
@@ -117,10 +139,39 @@ class EchoTrack(MediaStreamTrack):
         frame.pts = self._pts
         frame.time_base = fractions.Fraction(1, frame.sample_rate)
         self._pts += frame.samples
+        return frame, self.last_frame_at, self._pts / frame.sample_rate
+
+    async def _produce(self) -> None:
+        """With pacing: keep pulling the filter while the sender waits out a hold, so that
+        holding a frame never delays the computing of the next one."""
+        try:
+            while True:
+                await self._ready.put(await self._next())
+        except Exception as exc:  # noqa: BLE001 - the source ended or failed: recv raises it
+            await self._ready.put(exc)
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        if self.pacer is None:
+            frame, _, media_s = await self._next()
+        else:
+            if self._producer is None:
+                self._producer = asyncio.ensure_future(self._produce())
+            item = await self._ready.get()
+            if isinstance(item, BaseException):
+                raise item
+            frame, ready, media_s = item
+            wait = ready + self.pacer.hold(ready, media_s) - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+        self.lateness.add(time.monotonic(), media_s)
         return frame
 
     def stop(self) -> None:
         super().stop()
+        if self._producer is not None:
+            self._producer.cancel()
         self.ns.stop()
 
 
@@ -223,7 +274,7 @@ class Call:
         self.track = NoiseSuppressionTrack(
             self.source, model=self.app[APP_KEY_STATE]["model"], atten_lim_db=self.config.atten_lim_db
         )
-        self.echo = EchoTrack(self.source, self.track)
+        self.echo = EchoTrack(self.source, self.track, SendPacer() if self.config.send_pacing else None)
         transceiver.sender.replaceTrack(self.echo)
         transceiver.direction = "sendrecv"
         if not pin_audio_stream(self.receiver, transceiver.mid):
@@ -332,6 +383,9 @@ class Call:
         jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
         if hasattr(jb, "stats"):
             out["server_receive_buffer"] = jb.stats()
+        if self.echo is not None:
+            out["server_send_lateness"] = self.echo.lateness.stats()
+            out["server_send_pacing"] = self.echo.pacer.stats() if self.echo.pacer is not None else None
         queue = getattr(self.source, "_queue", None)
         out["server_decoded_queue_frames"] = queue.qsize() if queue is not None else None
         if self.track is not None:
@@ -406,7 +460,14 @@ class Call:
             "rtf": r(fs.get("rtf"), 4),
             "removed_db": r(fs.get("removed_db"), 1),
             "server_jitter_buffer_max_ms": round(self._jb_max_ms, 1),
+            "arrival_lateness": self._arrival_lateness(),
+            "send_lateness": self.echo.lateness.stats() if self.echo is not None else None,
         }
+
+    def _arrival_lateness(self) -> dict | None:
+        """How late the caller's packets arrived (voipfilter's receive buffer only)."""
+        jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
+        return jb.stats()["arrival_lateness"] if hasattr(jb, "stats") else None
 
     async def close(self, reason: str) -> None:
         """End the call now with ``reason``: one log line, slot, media and sockets freed."""

@@ -39,6 +39,8 @@ import collections
 from dataclasses import dataclass
 from typing import Any
 
+from .lateness import LatenessMeter
+
 __all__ = [
     "LowLatencyJitterBuffer",
     "ReleasedFrame",
@@ -175,6 +177,8 @@ class LowLatencyJitterBuffer:
         # RFC 3550 interarrival jitter (seconds): how unevenly the sender's packets arrive
         self.arrival_jitter_s = 0.0
         self._prev_transit: float | None = None
+        # how late packets arrive against the earliest of the last 2 s (NetEQ's measure)
+        self.arrival = LatenessMeter()
 
     # ---- state
 
@@ -208,6 +212,7 @@ class LowLatencyJitterBuffer:
             concealed_ms=round(self.concealed_ms, 1),
             gap_ms=round(self.gap_ms, 1),
             arrival_jitter_ms=round(1000.0 * self.arrival_jitter_s, 2),
+            arrival_lateness=self.arrival.stats(),
         )
         return out
 
@@ -250,6 +255,7 @@ class LowLatencyJitterBuffer:
             self._highest += 1
             self._ts_ref = self._ts_ref + _signed(timestamp - self._ts_ref, TS_MOD)
             self._prev_transit = None  # a new stream: its own timeline
+            self.arrival.reset()
             seq = self._highest
         else:
             self._drop_restart_candidate()
@@ -261,6 +267,7 @@ class LowLatencyJitterBuffer:
         if self._prev_transit is not None:
             self.arrival_jitter_s += (abs(transit - self._prev_transit) - self.arrival_jitter_s) / 16.0
         self._prev_transit = transit
+        self.arrival.add(now, ts / self.clock_rate)
         if seq > self._highest:
             self._highest, self._ts_ref = seq, ts
         elif seq < self._highest:  # out of order: how long it kept its gap open

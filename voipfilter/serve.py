@@ -132,6 +132,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aiortc-jitter-buffer", action="store_true", default=_env_bool("AIORTC_JITTER_BUFFER"),
                         help="receive with aiortc's own JitterBuffer (80 ms, stalls after a loss) instead of "
                              "voipfilter's low-latency one, for comparison (env VOIPFILTER_AIORTC_JITTER_BUFFER)")
+    parser.add_argument("--no-send-pacing", dest="send_pacing", action="store_false",
+                        default=not _env_bool("NO_SEND_PACING"),
+                        help="send each frame back as soon as it is ready, without the small hold that keeps the "
+                             "caller's jitter buffer a 20 ms step lower (docs/latency.md), for comparison "
+                             "(env VOIPFILTER_NO_SEND_PACING)")
     parser.add_argument("--ptime-ms", type=int, choices=OPUS_PTIMES_MS,
                         default=int(_env("PTIME_MS", str(DEFAULT_PTIME_MS))),
                         help=f"Opus packet duration, both ways (default {DEFAULT_PTIME_MS}; aiortc's own is 20; "
@@ -230,6 +235,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         atten_lim_db=args.atten_lim_db,
         max_call_s=args.max_call_seconds,
         aiortc_jitter_buffer=args.aiortc_jitter_buffer,
+        send_pacing=args.send_pacing,
         ptime_ms=args.ptime_ms,
         **_guard_config(args),
     )
