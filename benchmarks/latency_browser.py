@@ -250,8 +250,8 @@ def summarise(results: list[dict]) -> dict:
         "filter_delay_ms": results[-1]["latency"].get("filterDelayMs"),
         "stages_median_over_calls_ms": {
             k: stat(k) for k in ("networkMs", "serverJitterBufferMs", "filterDelayMs", "filterComputeP50Ms",
-                                 "filterComputeP95Ms", "browserJitterBufferMs", "browserJitterBufferTargetMs",
-                                 "playoutMs")
+                                 "filterComputeP95Ms", "sendPacingMs", "sendNetEqTargetMs", "browserJitterBufferMs",
+                                 "browserJitterBufferTargetMs", "playoutMs")
         },
         "failures": sum(r["roundTrip"]["failures"] for r in results),
     }

@@ -378,6 +378,10 @@
     L.filterComputeP95Ms = num(filterField(m, 'proc_ms_p95'));
     L.browserJitterBufferMs = num(b.jitterBufferMs);
     L.playoutMs = num(b.playoutMs);
+    const pacing = m && m.server_send_pacing;
+    const sendLate = m && m.server_send_lateness;
+    L.sendPacingMs = pacing ? num(pacing.held_ms_mean) : (m ? 0 : null);
+    L.sendNetEqTargetMs = sendLate ? num(sendLate.neteq_target_ms) : null;
 
     $('lat-network').textContent = fmt(L.networkMs, 1);
     $('lat-server-jb').textContent = fmt(L.serverJitterBufferMs, 0);
@@ -394,6 +398,13 @@
     $('lat-filter-delay').textContent = L.filterDelayMs == null ? '–' : `${fmt(L.filterDelayMs, 1)}${delayNote}`;
     $('lat-filter-compute').textContent = L.filterComputeP50Ms == null ? '–'
       : `${fmt(L.filterComputeP50Ms, 2)} / ${fmt(L.filterComputeP95Ms, 2)}`;
+    $('lat-send-pacing').textContent = fmt(L.sendPacingMs, 1);
+    $('lat-send-pacing-src').textContent = (pacing
+      ? `server: mean hold per frame (now ${fmt(pacing.hold_ms, 1)} ms after the earliest frame's pace)`
+      : 'server: no send pacing (--no-send-pacing)')
+      + (sendLate && sendLate.interval_max_p95_ms != null
+        ? `; frames leave up to ${fmt(sendLate.interval_max_p95_ms, 0)} ms late (p95 of half-second maxima),`
+          + ` which sets a NetEQ target of ${fmt(L.sendNetEqTargetMs, 0)} ms` : '');
     L.browserJitterBufferTargetMs = num(b.jitterBufferTargetMs);
     L.browserJitterBufferTargetAskedMs = num(b.jitterBufferTargetAskedMs);
     $('lat-browser-jb').textContent = fmt(L.browserJitterBufferMs, 1);
@@ -408,7 +419,7 @@
     const parts = [
       ['network', L.networkMs], ['server-jb', L.serverJitterBufferMs],
       ['filter-delay', L.bypass ? 0 : L.filterDelayMs], ['filter-compute', L.bypass ? 0 : L.filterComputeP50Ms],
-      ['browser-jb', L.browserJitterBufferMs], ['playout', L.playoutMs],
+      ['send-pacing', L.sendPacingMs], ['browser-jb', L.browserJitterBufferMs], ['playout', L.playoutMs],
     ];
     const stages = parts.reduce((acc, [, v]) => acc + (num(v) || 0), 0);
     L.stagesMs = stages; // the stages read from stats, without "everything else"
