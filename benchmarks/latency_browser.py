@@ -195,7 +195,7 @@ SETUPS = {
     "voipfilter": (),
     "aiortc": ("--aiortc-jitter-buffer",),
     "ptime20": ("--ptime-ms", "20"),
-    "unpaced": ("--no-send-pacing",),
+    "paced": ("--send-pacing",),
     "aiortc-ptime20": ("--aiortc-jitter-buffer", "--ptime-ms", "20"),
     # the library's default model where the demo runs the low-delay one (without --model)
     "gtcrn-voipfilter": ("--model", "gtcrn-voipfilter"),
@@ -268,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="server setups, one server each, their calls alternating (default: voipfilter "
                          "aiortc): voipfilter = the demo's defaults, aiortc = aiortc's receive buffer, "
                          "ptime20 = 20 ms Opus packets, aiortc-ptime20 = both of aiortc's, gtcrn-voipfilter = "
-                         "the library's default model (the demo's is gtcrn-voipfilter-ll), unpaced = frames sent back as "
-                         "soon as they are ready (no send pacing)")
+                         "the library's default model (the demo's is gtcrn-voipfilter-ll), paced = the server's send pacing "
+                         "(--send-pacing)")
     ap.add_argument("--browser-jitter-target", default="0", metavar="MS|default",
                     help="what the page asks of RTCRtpReceiver.jitterBufferTarget (default 0; "
                          "'default' leaves Chromium's choice)")

@@ -143,3 +143,18 @@ async def test_paced_echo_track_keeps_every_frame_in_order():
     echo.stop()
     await asyncio.sleep(0)
     assert echo._producer.done()
+
+
+def test_send_pacing_is_opt_in_on_the_demo_server(monkeypatch):
+    import argparse
+
+    from voipfilter import serve
+
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    assert serve.build_config(parser.parse_args([])).send_pacing is False
+    assert serve.build_config(parser.parse_args(["--send-pacing"])).send_pacing is True
+    monkeypatch.setenv("VOIPFILTER_SEND_PACING", "1")
+    parser = argparse.ArgumentParser()
+    serve.configure(parser)
+    assert serve.build_config(parser.parse_args([])).send_pacing is True

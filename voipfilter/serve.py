@@ -132,11 +132,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--aiortc-jitter-buffer", action="store_true", default=_env_bool("AIORTC_JITTER_BUFFER"),
                         help="receive with aiortc's own JitterBuffer (80 ms, stalls after a loss) instead of "
                              "voipfilter's low-latency one, for comparison (env VOIPFILTER_AIORTC_JITTER_BUFFER)")
-    parser.add_argument("--no-send-pacing", dest="send_pacing", action="store_false",
-                        default=not _env_bool("NO_SEND_PACING"),
-                        help="send each frame back as soon as it is ready, without the small hold that keeps the "
-                             "caller's jitter buffer a 20 ms step lower (docs/latency.md), for comparison "
-                             "(env VOIPFILTER_NO_SEND_PACING)")
+    parser.add_argument("--send-pacing", action="store_true", default=_env_bool("SEND_PACING"),
+                        help="hold each frame a little before sending it back, aimed at keeping the caller's "
+                             "jitter buffer a 20 ms step lower (docs/latency.md; not yet shown to help on a loaded "
+                             "machine) (env VOIPFILTER_SEND_PACING)")
     parser.add_argument("--ptime-ms", type=int, choices=OPUS_PTIMES_MS,
                         default=int(_env("PTIME_MS", str(DEFAULT_PTIME_MS))),
                         help=f"Opus packet duration, both ways (default {DEFAULT_PTIME_MS}; aiortc's own is 20; "

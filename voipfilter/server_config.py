@@ -66,7 +66,7 @@ class ServerConfig:
     max_call_s: float = DEFAULT_MAX_CALL_S
     stats_interval_s: float = STATS_INTERVAL_S
     aiortc_jitter_buffer: bool = False  # True: aiortc's own receive buffer (for comparison)
-    send_pacing: bool = True  # hold sent frames a little so the caller's jitter buffer stays lower
+    send_pacing: bool = False  # hold sent frames a little so the caller's jitter buffer may stay lower (opt-in)
     ptime_ms: int = DEFAULT_PTIME_MS  # Opus packet duration both ways (voipfilter.ptime)
     # who may call, and the limits that free slots (docs/server.md)
     no_media_timeout_s: float = DEFAULT_NO_MEDIA_TIMEOUT_S  # 0 = never

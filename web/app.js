@@ -401,7 +401,7 @@
     $('lat-send-pacing').textContent = fmt(L.sendPacingMs, 1);
     $('lat-send-pacing-src').textContent = (pacing
       ? `server: mean hold per frame (now ${fmt(pacing.hold_ms, 1)} ms after the earliest frame's pace)`
-      : 'server: no send pacing (--no-send-pacing)')
+      : 'server: frames sent as soon as they are ready (no --send-pacing)')
       + (sendLate && sendLate.interval_max_p95_ms != null
         ? `; frames leave up to ${fmt(sendLate.interval_max_p95_ms, 0)} ms late (p95 of half-second maxima),`
           + ` which sets a NetEQ target of ${fmt(L.sendNetEqTargetMs, 0)} ms` : '');
