@@ -107,7 +107,7 @@ def test_bad_settings_are_refused():
 
 async def test_paced_echo_track_keeps_every_frame_in_order():
     """The demo's EchoTrack with a pacer: frames computed ahead while one is held, none
-    lost or reordered, each sent no earlier than its hold says, producer gone at stop."""
+    lost or reordered, a hold derived from the late frames, producer gone at stop."""
     import av
     from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 

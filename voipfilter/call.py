@@ -380,9 +380,9 @@ class Call:
             "opus_ptime_ms": self.config.ptime_ms,
         }
         out.update(self._sample_jitter_buffer())
-        jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        if hasattr(jb, "stats"):
-            out["server_receive_buffer"] = jb.stats()
+        receive = self._receive_buffer_stats()
+        if receive is not None:
+            out["server_receive_buffer"] = receive
         if self.echo is not None:
             out["server_send_lateness"] = self.echo.lateness.stats()
             out["server_send_pacing"] = self.echo.pacer.stats() if self.echo.pacer is not None else None
@@ -460,14 +460,14 @@ class Call:
             "rtf": r(fs.get("rtf"), 4),
             "removed_db": r(fs.get("removed_db"), 1),
             "server_jitter_buffer_max_ms": round(self._jb_max_ms, 1),
-            "arrival_lateness": self._arrival_lateness(),
+            "arrival_lateness": (self._receive_buffer_stats() or {}).get("arrival_lateness"),
             "send_lateness": self.echo.lateness.stats() if self.echo is not None else None,
         }
 
-    def _arrival_lateness(self) -> dict | None:
-        """How late the caller's packets arrived (voipfilter's receive buffer only)."""
+    def _receive_buffer_stats(self) -> dict | None:
+        """voipfilter's receive buffer's stats (None with aiortc's, which keeps none)."""
         jb = getattr(self.receiver, "_RTCRtpReceiver__jitter_buffer", None)
-        return jb.stats()["arrival_lateness"] if hasattr(jb, "stats") else None
+        return jb.stats() if hasattr(jb, "stats") else None
 
     async def close(self, reason: str) -> None:
         """End the call now with ``reason``: one log line, slot, media and sockets freed."""

@@ -69,9 +69,12 @@ class LatenessMeter:
         self.count += 1
         return late
 
-    def interval_maxima(self) -> np.ndarray:
-        """The largest lateness of each recent closed half-second (seconds)."""
-        return np.fromiter(self._maxima, dtype=np.float64, count=len(self._maxima))
+    def interval_max_p95(self) -> float | None:
+        """95th percentile of the largest lateness of each recent closed half-second (s),
+        None before the first half-second closes."""
+        if not self._maxima:
+            return None
+        return float(np.percentile(np.fromiter(self._maxima, dtype=np.float64, count=len(self._maxima)), 95))
 
     def stats(self) -> dict[str, Any]:
         """p50 / p95 / p99 / max lateness in ms over the recent events and their count; the
@@ -84,8 +87,9 @@ class LatenessMeter:
             p50, p95, p99 = np.percentile(values, (50, 95, 99))
             out.update(p50_ms=round(float(p50), 2), p95_ms=round(float(p95), 2), p99_ms=round(float(p99), 2),
                        max_ms=round(float(values.max()), 2))
-        if self._maxima:
-            q95 = 1000.0 * float(np.percentile(self.interval_maxima(), 95))
+        q95_s = self.interval_max_p95()
+        if q95_s is not None:
+            q95 = 1000.0 * q95_s
             out.update(interval_max_p95_ms=round(q95, 2),
                        neteq_target_ms=(1 + int(q95 // self.BUCKET_MS)) * self.BUCKET_MS)
         return out

@@ -18,10 +18,6 @@ to the far end); it shrinks at once.
 """
 from __future__ import annotations
 
-import collections
-
-import numpy as np
-
 from .lateness import LatenessMeter
 
 __all__ = ["SendPacer"]
@@ -58,10 +54,10 @@ class SendPacer:
 
     def target_hold_ms(self) -> float:
         """``(q + margin) mod 20`` from the recent half-second maxima, capped; 0 before any."""
-        maxima = self.ready.interval_maxima()
-        if not maxima.size:
+        q95_s = self.ready.interval_max_p95()
+        if q95_s is None:
             return 0.0
-        q = 1000.0 * float(np.percentile(maxima, 95)) + self.margin_ms
+        q = 1000.0 * q95_s + self.margin_ms
         if q < self.BUCKET_MS:
             return 0.0
         return min(self.max_hold_ms, q % self.BUCKET_MS)

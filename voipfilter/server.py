@@ -264,7 +264,7 @@ async def _on_startup(app: web.Application) -> None:
     # What start-up loaded (aiortc, av, onnxruntime, numpy, the model) lives as long as the
     # server: move it out of the collector's reach, so that its full passes during calls
     # walk only what calls made. A full pass over the start-up heap held the event loop
-    # 25-45 ms, every call's audio with it (docs/latency.md).
+    # 25-52 ms, every call's audio with it (docs/latency.md).
     gc.collect()
     gc.freeze()
 
