@@ -113,3 +113,27 @@ def test_44k1_needs_model_rate_priming_for_an_integer_delay():
 def test_check_rate_rejects_unsupported_rates(bad):
     with pytest.raises(ValueError, match="unsupported sample rate"):
         check_rate(bad)
+
+
+@pytest.mark.parametrize("rate_in,rate_out", PAIRS)
+def test_same_samples_as_av_audioresampler(rate_in, rate_out):
+    """The resampler drives libswresample's graph itself and, once the count is known, pulls
+    only what is due: the samples are still exactly those of ``av.AudioResampler``."""
+    import av
+
+    rng = np.random.default_rng(rate_in * 3 + rate_out)
+    x = (0.3 * rng.standard_normal(8000)).astype(np.float32)
+    ref_rs = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
+    StreamingResampler(rate_in, rate_out).count(0)  # the count function is known from here on
+    rs = StreamingResampler(rate_in, rate_out)
+    assert rs._counts is not None
+    pos, i, chunks = 0, 0, [1, 441, 960, 7, 320]
+    while pos < len(x):
+        c = chunks[i % len(chunks)]
+        i += 1
+        f = av.AudioFrame.from_ndarray(x[None, pos : pos + c], format="flt", layout="mono")
+        f.sample_rate, f.pts, f.time_base = rate_in, pos, Fraction(1, rate_in)
+        ref = [np.frombuffer(o.planes[0], np.float32, count=o.samples) for o in ref_rs.resample(f)]
+        ref = np.concatenate(ref) if ref else np.zeros(0, np.float32)
+        np.testing.assert_array_equal(rs.process(x[pos : pos + c]), ref)
+        pos += c
