@@ -273,3 +273,25 @@ async def test_track_is_full_band_by_default(top_attenuated):
     high = band_gain_db(x[:n], y[:n], d, 48000, 9000, 22000)
     assert -25 < high <= -15, f"high band {high:.1f} dB"  # band-limited would be < -40 dB
     assert abs(band_gain_db(x[:n], y[:n], d, 48000, 500, 3500)) < 0.5
+
+
+@pytest.mark.parametrize("name", ["gtcrn-voipfilter", "gtcrn-voipfilter-ll"])
+def test_native_rate_path_matches_the_resampled_one(name):
+    """At 48 kHz the model runs on the stream's own STFT (no resamplers, a 2 ms shorter
+    delay); its output is the resampled path's to within what the two paths' band edges
+    differ by (dev/vbd48: benchmarks/fullband.py, docs/benchmarks.md)."""
+    rate = 48000
+    t = np.arange(rate) / rate
+    rng = np.random.default_rng(3)
+    voice = sum(np.sin(2 * np.pi * 140 * k * t + k) / k for k in range(1, 30)) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    x = (0.1 * voice + 0.02 * rng.standard_normal(rate)).astype(np.float32)
+    native = Denoiser(name, sample_rate=rate)
+    resampled = Denoiser(name, sample_rate=rate, native_rate=False)
+    assert type(native._core).__name__ == "NativeRateCore" and native._down is None
+    assert resampled.delay_samples - native.delay_samples == 96  # 2 ms
+    ya = np.concatenate([native.process(x[i : i + 960]) for i in range(0, rate, 960)])[native.delay_samples :]
+    yb = np.concatenate([resampled.process(x[i : i + 960]) for i in range(0, rate, 960)])[resampled.delay_samples :]
+    n = min(len(ya), len(yb))
+    a, b = ya[rate // 4 : n], yb[rate // 4 : n]
+    snr = 10 * np.log10(np.sum(b**2) / np.sum((a - b) ** 2))
+    assert snr > 35.0, snr  # 50 dB when written

@@ -29,7 +29,7 @@ def test_denoiser_and_model_take_a_name():
     _require_shipped()
     assert Model.load(SHIPPED) is Model.load(None) is Model.load(default_model_path())
     den = Denoiser(model=SHIPPED, sample_rate=48000)
-    assert den.model is Model.load(None) and den.delay_samples == 1631
+    assert den.model is Model.load(None) and den.delay_samples == 1535
 
 
 def test_unknown_name_lists_the_shipped_names():
@@ -59,7 +59,7 @@ def test_track_takes_a_name():
 
     track = NoiseSuppressionTrack(AudioStreamTrack(), model=SHIPPED)
     assert track.model is Model.load(None)
-    assert track.delay_ms == pytest.approx(1631 / 48)
+    assert track.delay_ms == pytest.approx(1535 / 48)
     with pytest.raises(ModelNotFoundError, match=SHIPPED):
         NoiseSuppressionTrack(AudioStreamTrack(), model="gtcrn-nope")
 

@@ -5,6 +5,12 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
     x ─► resample R→M ─► [STFT ─► model step ─► overlap-add], hop by hop ─► resample M→R ─► FIFO ─► y
     x ───────────────────────────── delay line of delay_samples ────────────────────────────► dry
 
+At 24, 32 and 48 kHz (``native_rate=True``, the default) no resampler runs: the hop loop
+works on the stream's own STFT, the model's windows at rate R, and gives the model its
+first bins (:class:`voipfilter.cores.NativeRateCore`):
+
+    x ─► [STFT at R ─► model step on bins 0-8 kHz, high band × gain ─► overlap-add at R] ─► FIFO ─► y
+
 * ``process(x)`` returns exactly ``len(x)`` samples: the output FIFO is primed with zeros
   (the fewest that never let it run dry, computed from the resamplers' measured behaviour,
   see :mod:`voipfilter.resample`), so the delay is constant and independent of chunking.
@@ -12,8 +18,8 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
   model rate and with full-band output (to float rounding), and up to the resamplers' band
   limit at 8 kHz and with ``fullband=False``. At 16 kHz it is the synthesis window's length
   - 1: 511 samples for the sqrt-Hann 512/256 framing, 255 for the asymmetric 512/256 pair at
-  hop 128; at 48 kHz 1631 (33.98 ms) and 863 (17.98 ms), with or without full-band output;
-  see ``delay_samples``.
+  hop 128; at 48 kHz 1535 (31.98 ms) and 767 (15.98 ms) on the native-rate path (1631 and
+  863 resampled), with or without full-band output; see ``delay_samples``.
 * Output for a given input stream is bit-identical however it is chunked.
 * ``enabled = False`` outputs the delay-aligned input (the dry path); the model keeps
   running, so toggling never shifts audio and re-enabling is seamless. ``atten_lim_db``
@@ -28,11 +34,12 @@ Signal path for one stream at ``sample_rate`` R around a model at rate M (16 kHz
   high-band gain is 1: both bands pass through.
 * Full-band output (default at R > M, ``fullband=False`` turns it off): the model sees 0-8 kHz
   only; the band above is kept, scaled by a per-hop gain g from the model's own top bins
-  (:mod:`voipfilter.highband`). The model-rate loop outputs ``enhanced - g * input`` (its
-  input delayed by the block delay is the oldest hop of the analysis frame) and
+  (:mod:`voipfilter.highband`). At a native rate g scales the spectrum's bins above 8 kHz.
+  On the resampled path the model-rate loop outputs ``enhanced - g * input`` (its input
+  delayed by the block delay is the oldest hop of the analysis frame) and
   ``y = up(that) + g * dry``: the enhanced low band plus g times what the resamplers remove,
-  with one resampler per direction as before and the same delay. With an identity model
-  (g = 1), ``y`` is the delayed input to float rounding at every rate and chunking.
+  with one resampler per direction and the same delay. With an identity model (g = 1), ``y``
+  is the delayed input to float rounding at every rate and chunking, on either path.
 """
 from __future__ import annotations
 
@@ -40,11 +47,11 @@ import os
 
 import numpy as np
 
-from .engine import bind_slot, run_alone
+from .cores import NativeRateCore, StreamCore, native_windows
+from .engine import run_alone
 from .highband import HighBandConfig, HighBandGain
 from .model import Model
 from .resample import SUPPORTED_RATES, StreamingResampler, chain_timing, check_rate
-from .stft import StreamingAnalysis, StreamingSynthesis, irfft_frames, rfft_frames
 
 __all__ = ["Denoiser", "HighBandConfig", "ModelStepError", "SUPPORTED_RATES", "check_atten_lim_db"]
 
@@ -116,125 +123,6 @@ class _Fifo:
         return out
 
 
-class StreamCore:
-    """The model-rate part: hop buffering, STFT, model step, overlap-add.
-
-    ``process_steps(x)`` takes any number of model-rate samples and returns hop * (number of
-    completed hops) samples whose content is the input delayed by the block delay
-    (synthesis window length - hop: 256 at sqrt-Hann 512/256, 128 asymmetric 512/256 at 128).
-
-    With ``highband`` (full-band output), each hop's gain is taken from its spectra and the
-    output is ``enhanced - gain * input`` (same delay): what the up-resampler must add to
-    ``gain * full-band input`` to give the enhanced low band plus the gain-scaled high band.
-    """
-
-    def __init__(self, model: Model, highband: HighBandGain | None = None, engine=None):
-        self.model = model
-        self.hop = model.hop
-        self.n_fft = model.n_fft
-        self.block_delay = model.windows.block_delay
-        self.highband = highband
-        self._analysis = StreamingAnalysis(windows=model.windows)
-        self._synthesis = StreamingSynthesis(windows=model.windows)
-        self._pending = np.zeros(model.hop, dtype=np.float32)
-        self._n_pending = 0
-        self._run = model.session.run
-        self._out_names = list(model._output_names)
-        self._state_names = list(model.state_names)
-        self.model_failures = 0
-        # With an engine, the model state is a slot of the engine's SlotStore (batched
-        # steps); without, it is this object's own list of arrays.
-        self.store = None
-        self.slot = -1
-        if engine is not None:
-            self.store, self.slot = bind_slot(self, engine, model)
-        self.reset()
-
-    def reset(self) -> None:
-        self._analysis.reset()
-        self._synthesis.reset()
-        self._n_pending = 0
-        if self.highband is not None:
-            self.highband.reset()
-        if self.store is not None:
-            self.store.zero(self.slot)
-        else:
-            initial = self.model.initial_state(1)
-            self._states = [initial[name] for name in self._state_names]
-
-    def step_alone(self, frame: np.ndarray):
-        """One hop at batch 1 from its windowed frame (n_fft,): (spec, enh, the inverse
-        transform of enh (n_fft,), error or None); a failed step's enh is its spec."""
-        spec = rfft_frames(frame[None, :])
-        if self.store is not None:
-            enh, errs = self.store.step(np.array([self.slot], np.intp), spec)
-            err = errs[0]
-        else:
-            enh, err = self._model_step(spec)
-        return spec, enh, irfft_frames(enh, self.n_fft)[0], err
-
-    def _model_step(self, spec: np.ndarray) -> tuple[np.ndarray, BaseException | None]:
-        """This object's own state, batch 1: (enh, None), or (spec, the error)."""
-        feed = dict(zip(self._state_names, self._states))
-        feed["spec"] = spec
-        try:
-            outs = self._run(self._out_names, feed)
-        except Exception as exc:  # onnxruntime raises its own types; keep the stream going
-            return spec, exc
-        enh = outs[0]
-        new_states = outs[1:]
-        if not np.isfinite(enh).all():
-            self._states = [np.zeros_like(s) for s in self._states]
-            return spec, FloatingPointError("model returned non-finite values; state reset")
-        self._states = new_states
-        return enh, None
-
-    def process_steps(self, x: np.ndarray):
-        """A step generator over ``x``: yields ``(self, windowed frame)`` per hop and takes
-        ``(spec, enh, irfft(enh), error)`` back (see :mod:`voipfilter.engine`, which
-        transforms and runs many calls' hops at once); returns (output samples, first error
-        or None, number of failed hops)."""
-        hop = self.hop
-        n = len(x)
-        n_hops = (self._n_pending + n) // hop
-        if n_hops == 0:
-            self._pending[self._n_pending : self._n_pending + n] = x
-            self._n_pending += n
-            return np.zeros(0, dtype=np.float32), None, 0
-        out = np.empty(n_hops * hop, dtype=np.float32)
-        first_error = None
-        failed = 0
-        pos = 0
-        for k in range(n_hops):
-            if self._n_pending:
-                take = hop - self._n_pending
-                self._pending[self._n_pending :] = x[pos : pos + take]
-                block = self._pending
-                self._n_pending = 0
-            else:
-                take = hop
-                block = x[pos : pos + hop]
-            pos += take
-            spec, enh, frame, err = yield self, self._analysis.frame(block)
-            if err is not None:
-                self.model_failures += 1
-                failed += 1
-                if first_error is None:
-                    first_error = err
-            seg = self._synthesis.add_frame(frame)
-            if self.highband is not None:
-                # The output hop is the input delayed by block_delay: the analysis
-                # buffer's oldest_hop().
-                self.highband.update(spec, enh, err is None)
-                seg -= self.highband.ramp() * self._analysis.oldest_hop()
-            out[k * hop : (k + 1) * hop] = seg
-        rest = n - pos
-        if rest:
-            self._pending[:rest] = x[pos:]
-            self._n_pending = rest
-        return out, first_error, failed
-
-
 class Denoiser:
     """Streaming noise suppressor for one mono stream.
 
@@ -261,6 +149,11 @@ class Denoiser:
         store, so :meth:`process_steps` driven by the engine (or
         :func:`~voipfilter.engine.run_batched`) batches this stream's hops with others'.
         ``process`` works either way.
+    native_rate:
+        At 24, 32 and 48 kHz, True (default) runs the model on the stream's own STFT (the
+        model's windows at the stream's rate, :mod:`voipfilter.cores`): no resampling, a
+        2 ms shorter delay at 48 kHz, less CPU. False resamples to the model's rate and
+        back, as at 8 and 44.1 kHz.
     """
 
     def __init__(
@@ -271,6 +164,7 @@ class Denoiser:
         enabled: bool = True,
         fullband: "bool | HighBandConfig" = True,
         engine=None,
+        native_rate: bool = True,
     ):
         self.sample_rate = check_rate(sample_rate)
         self.model = Model.load(model)
@@ -285,10 +179,15 @@ class Denoiser:
         highband = (
             HighBandGain(config, self.model.sample_rate, self.model.n_fft, self.model.hop) if config else None
         )
-        self._core = StreamCore(self.model, highband, engine)
+        native = bool(native_rate) and native_windows(self.model, self.sample_rate) is not None
+        if native:
+            self._core = NativeRateCore(self.model, self.sample_rate, highband, engine)
+            self._timing = chain_timing(self.sample_rate, self.sample_rate, self._core.hop, self._core.block_delay)
+        else:
+            self._core = StreamCore(self.model, highband, engine)
+            self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
         self._highband = highband
-        self._timing = chain_timing(self.sample_rate, self.model.sample_rate, self.model.hop, self._core.block_delay)
-        self._resampling = self.sample_rate != self.model.sample_rate
+        self._resampling = not native and self.sample_rate != self.model.sample_rate
         # Stream sample n carries content of stream time n - delay, i.e. model-rate time
         # (n - delay) * _time_scale, where the high-band gain is looked up.
         self._time_scale = self.model.sample_rate / self.sample_rate
@@ -404,7 +303,7 @@ class Denoiser:
         y = self._out.pop(n)
         self._dry.push(xf)
         dry = self._dry.pop(n)
-        if self._highband is not None:
+        if self._highband is not None and self._resampling:
             # The up-resampled core output is enhanced low band - gain * low band; adding
             # gain * (full-band input) leaves enhanced low band + gain * high band.
             g = self._highband.gains_at(self._n_out - self._timing.delay_samples, n, self._time_scale)

@@ -183,9 +183,16 @@ def run_alone(gen: Generator) -> Any:
         return stop.value
 
 
-def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], n_fft: int) -> list:
-    """One hop for the streams of one store: one FFT, one model run, one inverse FFT."""
+def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], n_fft: int, in_scale=None) -> list:
+    """One hop for the streams of one store and frame length: one FFT, one model run, one
+    inverse FFT. With ``in_scale`` (cores on the stream's own STFT, voipfilter.cores) the
+    model gets the first bins times ``in_scale``, and each answer carries the whole
+    spectrum instead of an inverse transform."""
     spec = rfft_frames(np.stack(frames))
+    if in_scale is not None:
+        model_in = np.ascontiguousarray(spec[:, : in_scale.shape[0]] * in_scale)
+        enh, errs = store.step(slots, model_in)
+        return [(model_in[k : k + 1], enh[k : k + 1], spec[k], errs[k]) for k in range(len(slots))]
     enh, errs = store.step(slots, spec)
     td = irfft_frames(enh, n_fft)
     return [(spec[k : k + 1], enh[k : k + 1], td[k], errs[k]) for k in range(len(slots))]
@@ -197,7 +204,7 @@ def _run_requests(reqs: list) -> tuple[list, list[float]]:
     ``(spec, enh, irfft(enh), error)``; also each request's share of the time."""
     results: list = [None] * len(reqs)
     shares = [0.0] * len(reqs)
-    groups: dict[int, tuple[SlotStore, list[int]]] = {}
+    groups: dict[tuple[int, int], tuple[SlotStore, list[int]]] = {}
     for k, (core, frame) in enumerate(reqs):
         store = getattr(core, "store", None)
         if store is None:
@@ -205,20 +212,22 @@ def _run_requests(reqs: list) -> tuple[list, list[float]]:
             results[k] = core.step_alone(frame)
             shares[k] = time.perf_counter() - t
         else:
-            groups.setdefault(id(store), (store, []))[1].append(k)
+            # one group per model and framing (streams at a native rate frame at theirs)
+            groups.setdefault((id(store), core.n_fft), (store, []))[1].append(k)
     for store, ks in groups.values():
         t = time.perf_counter()
         if len(ks) > 1:
             ks.sort(key=lambda k: reqs[k][0].slot)  # ascending slots: often one run, gathered as views
         slots = np.fromiter((reqs[k][0].slot for k in ks), dtype=np.intp, count=len(ks))
-        n_fft = store.model.n_fft
+        first = reqs[ks[0]][0]
+        n_fft, in_scale = first.n_fft, first.in_scale
         try:
-            outs = _step_group(store, slots, [reqs[k][1] for k in ks], n_fft)
+            outs = _step_group(store, slots, [reqs[k][1] for k in ks], n_fft, in_scale)
         except Exception:  # a malformed request (shape, dtype): run each on its own
             outs = []
             for j, k in enumerate(ks):
                 try:
-                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], n_fft)[0])
+                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], n_fft, in_scale)[0])
                 except Exception as exc:
                     outs.append((None, None, None, exc))
         share = (time.perf_counter() - t) / len(ks)

@@ -1,7 +1,7 @@
 """The suppression gain for the band above the model's: full-band output at 24-48 kHz.
 
-The model runs at 16 kHz and so sees 0-8 kHz of a 48 kHz call. The band above (what the
-down-resampler removes) is added back, delayed like the rest, and scaled by one gain per hop
+The model runs at 16 kHz and so sees 0-8 kHz of a 48 kHz call. The band above is kept,
+delayed like the rest, and scaled by one gain per hop
 taken from the model's own output in its top bins: the ratio of enhanced to noisy magnitude
 there, energy-weighted over the bins of ``HighBandConfig.band_hz`` (for a mask model
 ``|enh| / |noisy|`` is the mask magnitude, so this is the suppression the model applied just
@@ -10,12 +10,14 @@ attenuated as much as the noise just below it, and speech that the model passes 
 (sibilants reach well above 8 kHz) passes above it too. WebRTC's noise suppressor treats its
 upper bands the same way (gains computed on the lower band).
 
-The gain is a piecewise-linear function of time: hop k's gain sits at the centre of its
-analysis frame (model-rate sample ``hop * k``), and samples between two centres interpolate
-linearly, as the overlap-add of two windows crossfades the model's masks. The same function
-is sampled at the model rate (:meth:`HighBandGain.ramp`) and at the stream rate
-(:meth:`HighBandGain.gains_at`), so both paths of :class:`voipfilter.denoiser.Denoiser` see
-one gain.
+At a native rate (24, 32, 48 kHz: :class:`voipfilter.cores.NativeRateCore`) hop k's gain
+scales the bins above 8 kHz of hop k's own spectrum, and overlap-add crossfades it. On the
+resampled path (44.1 kHz, or ``native_rate=False``) the gain is a piecewise-linear
+function of time: hop k's gain sits at the centre of its analysis frame (model-rate sample
+``hop * k``), and samples between two centres interpolate linearly, as the overlap-add of
+two windows crossfades the model's masks. The same function is sampled at the model rate
+(:meth:`HighBandGain.ramp`) and at the stream rate (:meth:`HighBandGain.gains_at`), so both
+halves of that path see one gain.
 """
 from __future__ import annotations
 
