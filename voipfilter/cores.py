@@ -175,8 +175,9 @@ class NativeRateCore(StreamCore):
     """The hop loop on the stream's own STFT (module docstring): no resampling.
 
     The engine computes the frame's FFT (``n_fft`` at the stream rate) and hands the model
-    its first bins times :attr:`in_scale`; the answer is ``(model input, enh, full spectrum,
-    error)`` and :meth:`_hop_output` builds the output spectrum and overlap-adds it.
+    its first bins times :attr:`in_scale`, builds each hop's output spectrum with
+    :meth:`output_spectrum` and inverse-transforms them together; the answer is ``(model
+    input, enh, inverse transform, error)``, as for :class:`StreamCore`.
     """
 
     def __init__(self, model: Model, rate: int, highband: HighBandGain | None = None, engine=None):
@@ -202,9 +203,12 @@ class NativeRateCore(StreamCore):
             err = errs[0]
         else:
             enh, err = self._model_step(model_in)
-        return model_in, enh, spec[0], err
+        return model_in, enh, np.fft.irfft(self.output_spectrum(model_in, enh, spec[0], err), self.n_fft), err
 
-    def _hop_output(self, model_in, enh, spec, err) -> np.ndarray:
+    def output_spectrum(self, model_in, enh, spec, err) -> np.ndarray:
+        """The hop's output spectrum (complex64, the stream-rate bins) from the model's input
+        and output and the frame's spectrum; advances the high-band gain by one hop (the
+        engine calls it once per answered step, then inverse-transforms a round's at once)."""
         s = spec.reshape(-1, 2).view(np.complex64)[:, 0]
         e = enh.reshape(-1, 2).view(np.complex64)[:, 0]
         f = self.n_model
@@ -215,4 +219,7 @@ class NativeRateCore(StreamCore):
         out = np.empty_like(s)
         out[:f] = e * self.ratio + s[:f] * (self._rest * g)
         out[f:] = s[f:] * g
-        return self._synthesis.add_frame(np.fft.irfft(out, self.n_fft))
+        return out
+
+    def _hop_output(self, model_in, enh, frame, err) -> np.ndarray:
+        return self._synthesis.add_frame(frame)

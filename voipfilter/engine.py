@@ -183,16 +183,19 @@ def run_alone(gen: Generator) -> Any:
         return stop.value
 
 
-def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], n_fft: int, in_scale=None) -> list:
+def _step_group(store: SlotStore, slots: np.ndarray, frames: list[np.ndarray], cores: list) -> list:
     """One hop for the streams of one store and frame length: one FFT, one model run, one
-    inverse FFT. With ``in_scale`` (cores on the stream's own STFT, voipfilter.cores) the
-    model gets the first bins times ``in_scale``, and each answer carries the whole
-    spectrum instead of an inverse transform."""
+    inverse FFT. Cores on the stream's own STFT (``in_scale`` set, voipfilter.cores) give the
+    model the first bins times ``in_scale`` and build each output spectrum themselves."""
+    n_fft, in_scale = cores[0].n_fft, cores[0].in_scale
     spec = rfft_frames(np.stack(frames))
     if in_scale is not None:
         model_in = np.ascontiguousarray(spec[:, : in_scale.shape[0]] * in_scale)
         enh, errs = store.step(slots, model_in)
-        return [(model_in[k : k + 1], enh[k : k + 1], spec[k], errs[k]) for k in range(len(slots))]
+        out = np.stack([c.output_spectrum(model_in[k : k + 1], enh[k : k + 1], spec[k], errs[k])
+                        for k, c in enumerate(cores)])
+        td = np.fft.irfft(out, n_fft, axis=-1)
+        return [(model_in[k : k + 1], enh[k : k + 1], td[k], errs[k]) for k in range(len(slots))]
     enh, errs = store.step(slots, spec)
     td = irfft_frames(enh, n_fft)
     return [(spec[k : k + 1], enh[k : k + 1], td[k], errs[k]) for k in range(len(slots))]
@@ -219,15 +222,14 @@ def _run_requests(reqs: list) -> tuple[list, list[float]]:
         if len(ks) > 1:
             ks.sort(key=lambda k: reqs[k][0].slot)  # ascending slots: often one run, gathered as views
         slots = np.fromiter((reqs[k][0].slot for k in ks), dtype=np.intp, count=len(ks))
-        first = reqs[ks[0]][0]
-        n_fft, in_scale = first.n_fft, first.in_scale
+        cores = [reqs[k][0] for k in ks]
         try:
-            outs = _step_group(store, slots, [reqs[k][1] for k in ks], n_fft, in_scale)
+            outs = _step_group(store, slots, [reqs[k][1] for k in ks], cores)
         except Exception:  # a malformed request (shape, dtype): run each on its own
             outs = []
             for j, k in enumerate(ks):
                 try:
-                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], n_fft, in_scale)[0])
+                    outs.append(_step_group(store, slots[j : j + 1], [reqs[k][1]], cores[j : j + 1])[0])
                 except Exception as exc:
                     outs.append((None, None, None, exc))
         share = (time.perf_counter() - t) / len(ks)

@@ -95,7 +95,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="HTTP port (default 8080; env VOIPFILTER_PORT)")
     parser.add_argument("--model", default=_env("MODEL"),
                         help="a shipped model's name (gtcrn-voipfilter, gtcrn-voipfilter-ll) or the path "
-                        "of a streaming ONNX model (default: the low-delay gtcrn-voipfilter-ll, 18 ms at "
+                        "of a streaming ONNX model (default: the low-delay gtcrn-voipfilter-ll, 16 ms at "
                         "48 kHz, when installed, else gtcrn-voipfilter; env VOIPFILTER_MODEL)")
     parser.add_argument("--web-dir", default=_env("WEB_DIR"),
                         help="folder with the page (default: web/ of the checkout; env VOIPFILTER_WEB_DIR)")

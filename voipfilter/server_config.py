@@ -142,7 +142,7 @@ DEMO_MODEL = "gtcrn-voipfilter-ll"  # the demo shows latency: the low-delay mode
 
 def demo_model_name() -> str | None:
     """The shipped model the demo server runs when none is given: ``gtcrn-voipfilter-ll``
-    (17.98 ms at 48 kHz) when installed, else the library's default (None)."""
+    (15.98 ms at 48 kHz) when installed, else the library's default (None)."""
     from . import model as model_mod
 
     return DEMO_MODEL if DEMO_MODEL in model_mod.shipped_models() else None
