@@ -63,6 +63,9 @@ class SlotStore:
         # re-entrant: a Denoiser collected by the GC while this thread holds the lock frees
         # its slot from inside the lock
         self._lock = threading.RLock()
+        # states whose batch axis has only 1-sized axes before it: the model's layout is a
+        # reshape of the batch-first rows (no transposed copy either way)
+        self._flat = [all(d == 1 for d in model.state_shapes[i][:ax]) for i, ax in enumerate(self._axes)]
         self._capacity = 0
         self._arrays: list[np.ndarray] = []
         self._free: list[int] = []
@@ -90,22 +93,36 @@ class SlotStore:
         self._free.extend(range(capacity - 1, old - 1, -1))  # pop() hands out low slots first
         self._capacity = capacity
 
-    def _gather(self, slots) -> dict[str, np.ndarray]:
-        """The states of ``slots`` in the model's layout (batch on its axis), contiguous.
-        Consecutive ascending slots (one call, or every call of a full round) are views:
-        no copy at all (the run reads them before the scatter writes)."""
+    @staticmethod
+    def _select(slots):
+        """A slice for consecutive ascending slots (one call, or every call of a full round:
+        gathers are views, scatters block copies), else the slot array itself."""
         n = len(slots)
         run = n > 0 and int(slots[-1]) - int(slots[0]) == n - 1 and (n == 1 or bool((np.diff(slots) == 1).all()))
-        sel = slice(int(slots[0]), int(slots[0]) + n) if run else slots
+        return slice(int(slots[0]), int(slots[0]) + n) if run else slots
+
+    def _gather(self, slots) -> dict[str, np.ndarray]:
+        """The states of ``slots`` in the model's layout (batch on its axis), contiguous
+        (views where :meth:`_select` gives a slice: the run reads them before the scatter
+        writes)."""
+        sel = self._select(slots)
         feed = {}
-        for name, a, ax in zip(self._names, self._arrays, self._axes):
+        for name, a, ax, flat in zip(self._names, self._arrays, self._axes, self._flat):
             g = a[sel]
-            feed[name] = g if ax == 0 else np.ascontiguousarray(np.moveaxis(g, 0, ax))
+            if ax:
+                if flat:
+                    g = g.reshape(g.shape[1 : ax + 1] + g.shape[:1] + g.shape[ax + 1 :])
+                else:
+                    g = np.ascontiguousarray(np.moveaxis(g, 0, ax))
+            feed[name] = g
         return feed
 
     def _scatter(self, slots, states) -> None:
-        for a, ax, s in zip(self._arrays, self._axes, states):
-            a[slots] = s if ax == 0 else np.moveaxis(s, ax, 0)
+        sel = self._select(slots)
+        for a, ax, flat, s in zip(self._arrays, self._axes, self._flat, states):
+            if ax:
+                s = s.reshape((-1,) + a.shape[1:]) if flat else np.moveaxis(s, ax, 0)
+            a[sel] = s
 
     def alloc(self) -> int:
         """A zeroed slot."""
