@@ -423,6 +423,8 @@ def test_bench_runs_and_reports(identity_path, tmp_path, capsys):
     assert 1535 <= res["full_path"]["delay_samples"] <= 1536 + 120 and res["threads"] == 1
     assert "band-limited (fullband=False)" in text
     assert res["full_path"]["band_limited"]["cpu_rtf"] > 0 and res["full_path"]["cpu_ratio_fullband_to_band_limited"] > 0
+    assert "resampled (native_rate=False)" in text
+    assert res["full_path"]["resampled"]["cpu_rtf"] > 0 and res["full_path"]["cpu_ratio_native_to_resampled"] > 0
     assert main(["bench", "--model", str(identity_path), "--reference", str(tmp_path / "none.onnx")]) == 2
 
 

@@ -8,8 +8,9 @@ Measures, in one run, on the same audio:
 
 each inside the same numpy STFT loop (analysis → session.run → overlap-add, one hop at a time,
 state carried), interleaved round by round so that machine load affects both alike; and
-3. the full ``Denoiser.process`` path at 48 kHz on 20 ms frames (resampling included), the
-   default full-band output and the band-limited one (``fullband=False``) in alternate rounds.
+3. the full ``Denoiser.process`` path at 48 kHz on 20 ms frames: the default (the model on
+   the 48 kHz STFT, full-band output), the band-limited output (``fullband=False``) and the
+   resampled path (``native_rate=False``), in rotating order round by round.
 
 Real-time factor = processing time / audio duration (lower is better; 0.03 = 3 % of one core).
 Reported numbers are medians over rounds, as wall-clock time and as the calling thread's CPU
@@ -115,10 +116,11 @@ def _count_nodes(path: Path) -> int | None:
     return len(onnx.load(str(path), load_external_data=False).graph.node)
 
 
-def _time_denoiser(model, x: np.ndarray, rate: int, frame: int, fullband: bool = True) -> tuple[float, float, list[float]]:
+def _time_denoiser(model, x: np.ndarray, rate: int, frame: int, fullband: bool = True,
+                   native_rate: bool = True) -> tuple[float, float, list[float]]:
     from .denoiser import Denoiser
 
-    den = Denoiser(model, sample_rate=rate, fullband=fullband)
+    den = Denoiser(model, sample_rate=rate, fullband=fullband, native_rate=native_rate)
     times = []
     gc.collect()
     n_frames = len(x) // frame
@@ -186,14 +188,22 @@ def bench(
     x_full = StreamingResampler(ours_model.sample_rate, full_rate).process(x) if full_rate != ours_model.sample_rate else x
     frame = int(round(full_rate * frame_ms / 1000))
     _time_denoiser(ours_model, x_full[: full_rate], full_rate, frame)  # warm-up (resampler probes)
-    full_rtf, full_cpu, frame_times = [], [], []
-    bl_rtf, bl_cpu, bl_times = [], [], []
+    _time_denoiser(ours_model, x_full[: full_rate], full_rate, frame, native_rate=False)
+    # the default path, band-limited output, and the resampled path (native_rate=False)
+    variants = {"full": (True, True), "band_limited": (False, True), "resampled": (True, False)}
+    rtfs = {k: [] for k in variants}
+    cpus = {k: [] for k in variants}
+    times_of = {k: [] for k in variants}
+    order = list(variants)
     for i in range(rounds):
-        for fullband in (True, False) if i % 2 == 0 else (False, True):  # alternate who goes first
-            rtf, cpu, times = _time_denoiser(ours_model, x_full, full_rate, frame, fullband=fullband)
-            (full_rtf if fullband else bl_rtf).append(rtf)
-            (full_cpu if fullband else bl_cpu).append(cpu)
-            (frame_times if fullband else bl_times).extend(times)
+        for k in order[i % 3 :] + order[: i % 3]:  # rotate who goes first
+            fullband, native = variants[k]
+            rtf, cpu, times = _time_denoiser(ours_model, x_full, full_rate, frame, fullband=fullband, native_rate=native)
+            rtfs[k].append(rtf)
+            cpus[k].append(cpu)
+            times_of[k].extend(times)
+    full_rtf, full_cpu, frame_times = rtfs["full"], cpus["full"], times_of["full"]
+    bl_rtf, bl_cpu, bl_times = rtfs["band_limited"], cpus["band_limited"], times_of["band_limited"]
 
     def hop_result(r: _HopRunner) -> dict:
         ms = statistics.median(per_hop[r.label]) * 1e3
@@ -235,8 +245,15 @@ def bench(
                 "cpu_rtf_rounds": bl_cpu,
                 "ms_per_frame_median": statistics.median(bl_times) * 1e3,
             },
-            # Median of the per-round ratios: each round times both back to back.
+            "resampled": {
+                "rtf": statistics.median(rtfs["resampled"]),
+                "cpu_rtf": statistics.median(cpus["resampled"]),
+                "cpu_rtf_rounds": cpus["resampled"],
+                "ms_per_frame_median": statistics.median(times_of["resampled"]) * 1e3,
+            },
+            # Medians of the per-round ratios: each round times all three back to back.
             "cpu_ratio_fullband_to_band_limited": statistics.median([a / b for a, b in zip(full_cpu, bl_cpu)]),
+            "cpu_ratio_native_to_resampled": statistics.median([a / b for a, b in zip(full_cpu, cpus["resampled"])]),
         },
         "environment": {
             "python": platform.python_version(),
@@ -295,6 +312,12 @@ def format_table(res: dict) -> str:
         f"  band-limited (fullband=False): RTF {b['rtf']:.4f} (CPU {b['cpu_rtf']:.4f}), "
         f"{b['ms_per_frame_median']:.3f} ms/frame median; full-band / band-limited CPU "
         f"{f['cpu_ratio_fullband_to_band_limited']:.3f} (target <= 1.15)"
+    )
+    r = f["resampled"]
+    lines.append(
+        f"  resampled (native_rate=False): RTF {r['rtf']:.4f} (CPU {r['cpu_rtf']:.4f}), "
+        f"{r['ms_per_frame_median']:.3f} ms/frame median; native / resampled CPU "
+        f"{f['cpu_ratio_native_to_resampled']:.3f}"
     )
     e = res["environment"]
     lines.append(
