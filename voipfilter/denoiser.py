@@ -152,8 +152,8 @@ class Denoiser:
     native_rate:
         At 24, 32 and 48 kHz, True (default) runs the model on the stream's own STFT (the
         model's windows at the stream's rate, :mod:`voipfilter.cores`): no resampling, a
-        2 ms shorter delay at 48 kHz, less CPU. False resamples to the model's rate and
-        back, as at 8 and 44.1 kHz.
+        2 ms shorter delay at 48 kHz, 0.88-0.99 of the CPU for one stream (docs/benchmarks.md).
+        False resamples to the model's rate and back, as at 8 and 44.1 kHz.
     """
 
     def __init__(
